@@ -1,0 +1,141 @@
+//! One connection to the stub: say hello on the control stream, wait for the welcome, then serve
+//! every stream the stub opens on its own task until the connection ends or the agent shuts
+//! down (then: `Drain`, let in-flight streams finish within the grace period, close).
+
+use std::time::Duration;
+
+use quinn::{ConnectionError, TransportErrorCode};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::AgentConfig;
+use super::forward::serve_stream;
+use super::upstream::Upstream;
+use crate::wire::PROTOCOL_VERSION;
+use crate::wire::codes::AppCode;
+use crate::wire::frame::{Control, Hello};
+use crate::wire::io::{WireError, read_frame_within, write_frame};
+
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a session ended.
+#[derive(Debug)]
+pub enum SessionEnd {
+    /// The agent was asked to shut down and did.
+    Shutdown,
+    /// The connection was lost or refused; the reason is in plain words.
+    Lost { welcomed: bool, reason: String },
+}
+
+/// Runs one session on an established connection.
+pub async fn run(
+    conn: quinn::Connection,
+    config: &AgentConfig,
+    upstream: &Upstream,
+    shutdown: &CancellationToken,
+) -> SessionEnd {
+    let lost = |welcomed, reason: String| SessionEnd::Lost { welcomed, reason };
+    let (mut control, mut control_recv) = match conn.open_bi().await {
+        Ok(x) => x,
+        Err(e) => return lost(false, explain(&e)),
+    };
+    let hello = Control::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION,
+        cluster: config.cluster.clone(),
+        agent_name: config.name.clone(),
+        build: crate::BUILD.into(),
+    });
+    if let Err(e) = write_frame(&mut control, &hello).await {
+        return lost(false, explain_wire(&conn, &e));
+    }
+    // In TLS 1.3 the handshake completes on our side before the stub has judged our
+    // certificate, so only the welcome proves we are in.
+    let connection_id = match read_frame_within(&mut control_recv, WELCOME_TIMEOUT).await {
+        Ok(Control::Welcome(w)) => w.connection_id,
+        Ok(other) => {
+            conn.close(AppCode::ProtocolViolation.varint(), b"expected welcome");
+            return lost(false, format!("stub sent {other:?} instead of a welcome"));
+        }
+        Err(e) => return lost(false, explain_wire(&conn, &e)),
+    };
+    tracing::info!(connection = connection_id, stub = %config.stub, "connected to stub");
+
+    let streams = TaskTracker::new();
+    let end = loop {
+        let accepted = tokio::select! {
+            accepted = conn.accept_bi() => accepted,
+            _ = shutdown.cancelled() => break SessionEnd::Shutdown,
+        };
+        match accepted {
+            Ok((send, recv)) => {
+                streams.spawn(serve_stream(upstream.clone(), send, recv));
+            }
+            Err(e) => break lost(true, explain(&e)),
+        }
+    };
+    if let SessionEnd::Shutdown = end {
+        tracing::info!(grace = ?config.grace, in_flight = streams.len(), "draining: finishing in-flight requests");
+        let _ = write_frame(&mut control, &Control::Drain).await;
+        streams.close();
+        if tokio::time::timeout(config.grace, streams.wait()).await.is_err() {
+            tracing::warn!(
+                abandoned = streams.len(),
+                "grace period over with requests still in flight"
+            );
+        }
+        conn.close(AppCode::Draining.varint(), b"agent shutting down");
+    }
+    end
+}
+
+fn explain_wire(conn: &quinn::Connection, e: &WireError) -> String {
+    match conn.close_reason() {
+        Some(reason) => explain(&reason),
+        None => format!("control stream failed: {e}"),
+    }
+}
+
+/// Plain words for a lost or refused connection. The stub refuses certificates with TLS alerts
+/// (QUIC crypto errors 0x100 + alert) and closes for other reasons with an [`AppCode`].
+pub fn explain(e: &ConnectionError) -> String {
+    match e {
+        ConnectionError::ConnectionClosed(close) => {
+            let code = u64::from(close.error_code);
+            match code.checked_sub(0x100).filter(|a| *a < 0x100) {
+                Some(alert) => format!("refused by stub: {}", explain_alert(alert as u8)),
+                None => format!("stub closed the connection: {close}"),
+            }
+        }
+        ConnectionError::ApplicationClosed(close) => {
+            let reason = String::from_utf8_lossy(&close.reason);
+            match AppCode::from_varint(close.error_code) {
+                Some(AppCode::IdentityMismatch) => format!("refused by stub: {reason}"),
+                Some(code) => format!("stub closed the connection: {} ({reason})", code.describe()),
+                None => format!("stub closed the connection with code {} ({reason})", close.error_code),
+            }
+        }
+        ConnectionError::TransportError(t) if is_crypto(t.code) => {
+            format!(
+                "cannot trust the stub: {t} (check --server-name and that the stub's certificate is signed by this CA)"
+            )
+        }
+        ConnectionError::TimedOut => "stub did not answer (timed out); is it running and reachable over UDP?".into(),
+        other => format!("connection lost: {other}"),
+    }
+}
+
+fn is_crypto(code: TransportErrorCode) -> bool {
+    (0x100..0x200).contains(&u64::from(code))
+}
+
+fn explain_alert(alert: u8) -> String {
+    match alert {
+        0x31 => "certificate not in the stub's whitelist (TLS alert access_denied); register its fingerprint with `tether certs agent --register` or add it to the whitelist".into(),
+        0x30 => "certificate is not signed by the stub's CA (TLS alert unknown_ca)".into(),
+        0x2d => "certificate has expired or is not yet valid (TLS alert certificate_expired)".into(),
+        0x2a | 0x2b | 0x2e => "certificate was rejected (TLS alert bad_certificate)".into(),
+        0x74 => "the stub requires a client certificate (TLS alert certificate_required)".into(),
+        0x78 => "the stub does not speak tether/1 (TLS alert no_application_protocol)".into(),
+        other => format!("TLS alert {other:#x}"),
+    }
+}

@@ -1,0 +1,209 @@
+//! Between HTTP and QUIC streams, for both ends of the tunnel: the body type, which headers
+//! cross the tunnel (never hop-by-hop ones), and raw body bytes flowing from an HTTP body into a
+//! QUIC send stream or out of a QUIC receive stream into an HTTP body, one chunk at a time.
+//! Nothing here buffers a whole body: QUIC flow control pushes back on a slow reader.
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, BodyStream, Empty, Full, StreamBody};
+use quinn::{RecvStream, SendStream};
+
+use crate::wire::codes::AppCode;
+use crate::wire::frame::Header;
+
+/// Boxed error of a body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type of every request and response tether produces.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A body with these bytes.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 7.6.1): they never cross the
+/// tunnel. `Upgrade` is handled apart, by the upgrade path.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Whether `name` must not be forwarded, given the message's own `Connection` header tokens.
+fn is_hop_by_hop(name: &HeaderName, connection_tokens: &[String]) -> bool {
+    let name = name.as_str();
+    HOP_BY_HOP.contains(&name) || connection_tokens.iter().any(|t| t == name)
+}
+
+fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// The end-to-end headers of a message, for a wire head. `Host` is dropped too: the receiving
+/// side addresses its own upstream.
+pub fn headers_to_wire(headers: &HeaderMap) -> Vec<Header> {
+    let tokens = connection_tokens(headers);
+    headers
+        .iter()
+        .filter(|(name, _)| !is_hop_by_hop(name, &tokens) && *name != http::header::HOST)
+        .map(|(name, value)| Header {
+            name: name.as_str().to_owned(),
+            value: value.as_bytes().to_vec(),
+        })
+        .collect()
+}
+
+/// Headers from a wire head. Invalid names or values and hop-by-hop headers are dropped: the
+/// peer built them from a valid message, so such a header is noise, never something to forward.
+pub fn headers_from_wire(headers: &[Header]) -> HeaderMap {
+    let mut map = HeaderMap::with_capacity(headers.len());
+    for h in headers {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(&h.value),
+        ) else {
+            continue;
+        };
+        if !is_hop_by_hop(&name, &[]) && name != http::header::HOST {
+            map.append(name, value);
+        }
+    }
+    map
+}
+
+/// Why a body could not be moved into a QUIC stream.
+#[derive(Debug, thiserror::Error)]
+pub enum PumpError {
+    /// The HTTP body failed (its sender went away or broke).
+    #[error("body source failed")]
+    Source(#[source] BoxError),
+    /// The QUIC stream refused the bytes (the peer stopped it, or the connection is gone).
+    #[error("stream closed by the peer")]
+    Sink(#[source] quinn::WriteError),
+}
+
+/// Moves an HTTP body into `send` chunk by chunk, returning the bytes moved. It does not finish
+/// the stream: the caller decides between finish (success) and reset (failure).
+pub async fn pump_body<B>(body: B, send: &mut SendStream) -> Result<u64, PumpError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let mut frames = std::pin::pin!(BodyStream::new(body));
+    let mut moved = 0u64;
+    while let Some(frame) = frames.next().await {
+        let frame = frame.map_err(|e| PumpError::Source(e.into()))?;
+        // Trailers cannot cross the tunnel (raw bytes until FIN); Kubernetes does not use them.
+        if let Ok(data) = frame.into_data()
+            && !data.is_empty()
+        {
+            moved += data.len() as u64;
+            send.write_chunk(data).await.map_err(PumpError::Sink)?;
+        }
+    }
+    Ok(moved)
+}
+
+/// The raw bytes left on `recv` as an HTTP body. `keep` lives exactly as long as the body (an
+/// in-flight counter, a cancellation guard). A stream reset by the peer becomes a body error,
+/// so the HTTP side aborts instead of presenting a truncated body as complete. If the body is
+/// dropped before the end, the stream is stopped with [`AppCode::Cancelled`].
+pub fn recv_body<K: Send + 'static>(recv: RecvStream, keep: K) -> Body {
+    let state = (StopOnDrop(Some(recv)), keep);
+    let stream = futures_util::stream::unfold(state, |(mut recv, keep)| async move {
+        let stream = recv.0.as_mut()?;
+        match stream.read_chunk(usize::MAX, true).await {
+            Ok(Some(chunk)) => Some((Ok(hyper::body::Frame::data(chunk.bytes)), (recv, keep))),
+            Ok(None) => {
+                // Fully read: nothing to stop.
+                let _finished = recv.0.take();
+                None
+            }
+            Err(e) => {
+                let _failed = recv.0.take();
+                Some((Err(BoxError::from(e)), (recv, keep)))
+            }
+        }
+    });
+    StreamBody::new(stream).boxed_unsync()
+}
+
+/// Stops a receive stream that is dropped before its end, with a code the peer can log.
+struct StopOnDrop(Option<RecvStream>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut recv) = self.0.take() {
+            let _ = recv.stop(AppCode::Cancelled.varint());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_stay_behind() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "keep-alive, x-private".parse().unwrap());
+        h.insert("keep-alive", "5".parse().unwrap());
+        h.insert("x-private", "1".parse().unwrap());
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        h.insert("host", "stub".parse().unwrap());
+        h.insert("accept", "application/json".parse().unwrap());
+        h.append("x-multi", "a".parse().unwrap());
+        h.append("x-multi", "b".parse().unwrap());
+        let wire = headers_to_wire(&h);
+        let names: Vec<&str> = wire.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["accept", "x-multi", "x-multi"]);
+        let back = headers_from_wire(&wire);
+        assert_eq!(back.get_all("x-multi").iter().count(), 2);
+    }
+
+    #[test]
+    fn invalid_wire_headers_are_dropped() {
+        let wire = vec![
+            Header {
+                name: "bad name".into(),
+                value: b"x".to_vec(),
+            },
+            Header {
+                name: "x-ok".into(),
+                value: b"fine".to_vec(),
+            },
+            Header {
+                name: "x-bad-value".into(),
+                value: b"a\nb".to_vec(),
+            },
+            Header {
+                name: "Transfer-Encoding".into(),
+                value: b"chunked".to_vec(),
+            },
+        ];
+        let map = headers_from_wire(&wire);
+        assert_eq!(map.len(), 1);
+        assert_eq!(map["x-ok"], "fine");
+    }
+}

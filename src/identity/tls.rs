@@ -1,0 +1,120 @@
+//! rustls configurations. One crypto provider (ring) for the whole process; TLS 1.3 only on the
+//! QUIC side (QUIC requires it), TLS 1.3 and 1.2 on the HTTPS front door for older clients.
+
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+use super::verifier::WhitelistVerifier;
+use super::whitelist::WhitelistHandle;
+use crate::wire::ALPN;
+
+/// The process-wide crypto provider.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Installs ring as the process default. kube's TLS code asks for the default provider and
+/// panics if none (or two) are installed, so every entry point calls this first.
+pub fn install_default_provider() {
+    // Err means one is installed already, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Why a TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A certificate, key or CA was rejected by rustls.
+    #[error("{what}")]
+    Rustls {
+        what: &'static str,
+        #[source]
+        source: rustls::Error,
+    },
+    /// The CA could not be turned into a client verifier.
+    #[error("cannot build the agent certificate verifier from the CA")]
+    Verifier(#[source] rustls::server::VerifierBuilderError),
+}
+
+/// A root store holding the tether CA.
+pub fn roots(ca: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut store = RootCertStore::empty();
+    for cert in ca {
+        store.add(cert.clone()).map_err(|source| TlsError::Rustls {
+            what: "the CA certificate is not usable",
+            source,
+        })?;
+    }
+    Ok(Arc::new(store))
+}
+
+/// The stub's QUIC TLS: its certificate, and agents verified by chain and whitelist.
+pub fn stub_quic(
+    ca: &[CertificateDer<'static>],
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    whitelist: WhitelistHandle,
+) -> Result<ServerConfig, TlsError> {
+    let webpki = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider())
+        .build()
+        .map_err(TlsError::Verifier)?;
+    let verifier = Arc::new(WhitelistVerifier::new(webpki, whitelist));
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|source| TlsError::Rustls {
+            what: "TLS 1.3 is not available",
+            source,
+        })?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|source| TlsError::Rustls {
+            what: "the stub certificate and key do not form a usable pair",
+            source,
+        })?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(config)
+}
+
+/// The agent's QUIC TLS: the stub must chain to the tether CA; the agent presents its own
+/// certificate.
+pub fn agent_quic(
+    ca: &[CertificateDer<'static>],
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<ClientConfig, TlsError> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|source| TlsError::Rustls {
+            what: "TLS 1.3 is not available",
+            source,
+        })?
+        .with_root_certificates(roots(ca)?)
+        .with_client_auth_cert(chain, key)
+        .map_err(|source| TlsError::Rustls {
+            what: "the agent certificate and key do not form a usable pair",
+            source,
+        })?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(config)
+}
+
+/// The front door's TLS for users and services: HTTP/2 and HTTP/1.1 by ALPN.
+pub fn front_door(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<ServerConfig, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|source| TlsError::Rustls {
+            what: "no TLS versions available",
+            source,
+        })?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|source| TlsError::Rustls {
+            what: "the stub certificate and key do not form a usable pair",
+            source,
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}

@@ -1,0 +1,29 @@
+//! tether: a QUIC reverse tunnel that lets a hub reach the Kubernetes API servers of clusters it
+//! cannot dial.
+//!
+//! An **agent** in each cluster dials out to the hub's **stub** over QUIC with mutual TLS. The
+//! stub takes ordinary Kubernetes API requests on its HTTPS front door and hands each one to its
+//! own QUIC stream on a connection of the right cluster's agent, which forwards it to its API
+//! server. See `DESIGN.md` in the shared notes for the whole picture.
+//!
+//! Where things live:
+//! - [`wire`]: the protocol between agent and stub (frames, stream I/O, error codes).
+//! - [`identity`]: CA and certificates, fingerprints, the whitelist, TLS configurations.
+//! - [`quic`]: QUIC endpoints and transport tuning.
+//! - [`bridge`]: HTTP messages to and from QUIC streams (headers, streaming bodies).
+//! - [`stub`]: the hub side (agent listener, registry, HTTPS front door, forwarding).
+//! - [`agent`]: the cluster side (dial loop, session, forwarding to the API server).
+//! - [`status`]: errors as Kubernetes `Status` JSON.
+//! - [`shutdown`]: SIGINT and SIGTERM as one future.
+
+pub mod agent;
+pub mod bridge;
+pub mod identity;
+pub mod quic;
+pub mod shutdown;
+pub mod status;
+pub mod stub;
+pub mod wire;
+
+/// This build, for hello/welcome and logs.
+pub const BUILD: &str = concat!("tether ", env!("CARGO_PKG_VERSION"));

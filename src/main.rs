@@ -1,0 +1,304 @@
+//! The `tether` binary: parses the command line, sets up logging, and calls into the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use tether::agent::{self, AgentConfig, upstream::UpstreamSource};
+use tether::identity::certs;
+use tether::identity::files::CertDir;
+use tether::identity::tls;
+use tether::identity::whitelist::Registered;
+use tether::quic::Tuning;
+use tether::stub::{Stub, StubConfig};
+
+/// A QUIC reverse tunnel from a hub to the Kubernetes API servers of clusters it cannot dial.
+#[derive(Parser)]
+#[command(name = "tether", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make the CA, stub and agent certificates and the token issuer key.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Run the hub side: QUIC listener for agents and HTTPS front door for users.
+    Stub(StubArgs),
+    /// Run the cluster side: dial the stub and forward its requests to the API server.
+    Agent(Box<AgentArgs>),
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create the CA (DIR/ca.crt, DIR/ca.key).
+    Init {
+        #[arg(long, env = "TETHER_CERTS", default_value = "certs")]
+        dir: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+        /// Replace an existing CA (every certificate it signed stops working).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue the stub's server certificate (DIR/stub.crt, DIR/stub.key).
+    Stub {
+        #[arg(long, env = "TETHER_CERTS", default_value = "certs")]
+        dir: PathBuf,
+        /// DNS name or IP address agents and users reach the stub by (repeatable).
+        #[arg(long = "san", required = true, num_args = 1..)]
+        sans: Vec<String>,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue an agent client certificate (DIR/agents/CLUSTER/NAME.crt) and print its fingerprint.
+    Agent {
+        #[arg(long, env = "TETHER_CERTS", default_value = "certs")]
+        dir: PathBuf,
+        #[arg(long)]
+        cluster: String,
+        #[arg(long)]
+        name: String,
+        /// Also add the fingerprint to the stub's whitelist (DIR/whitelist).
+        #[arg(long)]
+        register: bool,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Create the Ed25519 key pair that signs user tokens (DIR/issuer.key, DIR/issuer.pub).
+    Issuer {
+        #[arg(long, env = "TETHER_CERTS", default_value = "certs")]
+        dir: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the SHA-256 fingerprint of a certificate file (PEM).
+    Fingerprint { file: PathBuf },
+}
+
+#[derive(Args)]
+struct QuicArgs {
+    /// A peer silent this long is considered dead (keep-alives go out at a third of it).
+    #[arg(long, env = "TETHER_IDLE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+}
+
+#[derive(Args)]
+struct StubArgs {
+    /// Certificate directory (ca.crt, stub.crt, stub.key, whitelist).
+    #[arg(long, env = "TETHER_CERTS", default_value = "certs")]
+    certs: PathBuf,
+    /// UDP address for agents (QUIC).
+    #[arg(long, env = "TETHER_QUIC_LISTEN", default_value = "0.0.0.0:7443")]
+    quic_listen: SocketAddr,
+    /// TCP address for users and services (HTTPS).
+    #[arg(long, env = "TETHER_HTTPS_LISTEN", default_value = "0.0.0.0:8443")]
+    https_listen: SocketAddr,
+    /// How long open requests may take to finish on shutdown.
+    #[arg(long, env = "TETHER_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    grace: Duration,
+    #[command(flatten)]
+    quic: QuicArgs,
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// Certificate directory (ca.crt and agents/CLUSTER/NAME.{crt,key}).
+    #[arg(long, env = "TETHER_CERTS", default_value = "certs")]
+    certs: PathBuf,
+    #[arg(long, env = "TETHER_CLUSTER")]
+    cluster: String,
+    #[arg(long, env = "TETHER_NAME")]
+    name: String,
+    /// The stub's QUIC address, HOST:PORT.
+    #[arg(long, env = "TETHER_STUB")]
+    stub: String,
+    /// Name to verify the stub's certificate against (default: the host of --stub).
+    #[arg(long, env = "TETHER_SERVER_NAME")]
+    server_name: Option<String>,
+    /// Agent certificate (default: CERTS/agents/CLUSTER/NAME.crt).
+    #[arg(long, env = "TETHER_CERT")]
+    cert: Option<PathBuf>,
+    /// Agent key (default: CERTS/agents/CLUSTER/NAME.key).
+    #[arg(long, env = "TETHER_KEY")]
+    key: Option<PathBuf>,
+    /// CA that signed the stub's certificate (default: CERTS/ca.crt).
+    #[arg(long, env = "TETHER_CA")]
+    ca: Option<PathBuf>,
+    /// The API server (or any HTTP(S) server) to forward to.
+    #[arg(
+        long,
+        env = "TETHER_UPSTREAM",
+        conflicts_with = "kubeconfig",
+        required_unless_present = "kubeconfig"
+    )]
+    upstream: Option<String>,
+    /// CA of the --upstream server's certificate.
+    #[arg(long, env = "TETHER_UPSTREAM_CA", requires = "upstream")]
+    upstream_ca: Option<PathBuf>,
+    /// Take the API server's address, CA and credential from this kubeconfig.
+    #[arg(long, env = "TETHER_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Context of the kubeconfig (default: its current context).
+    #[arg(long, env = "TETHER_CONTEXT", requires = "kubeconfig")]
+    context: Option<String>,
+    /// Streams the stub may have open on this connection at once (watches each hold one).
+    #[arg(long, env = "TETHER_MAX_STREAMS", default_value_t = Tuning::default().max_request_streams)]
+    max_streams: u32,
+    /// First reconnect delay (doubles up to --backoff-max, with jitter).
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    backoff_min: Duration,
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    backoff_max: Duration,
+    /// How long in-flight requests may take to finish on shutdown.
+    #[arg(long, env = "TETHER_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    grace: Duration,
+    #[command(flatten)]
+    quic: QuicArgs,
+}
+
+fn init_tracing() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    tls::install_default_provider();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Certs(c) => run_certs(c),
+        Command::Stub(args) => {
+            let config = StubConfig {
+                certs: CertDir::new(args.certs),
+                quic_listen: args.quic_listen,
+                https_listen: args.https_listen,
+                tuning: Tuning {
+                    idle_timeout: args.quic.idle_timeout,
+                    ..Tuning::default()
+                },
+                grace: args.grace,
+            };
+            let stub = Stub::bind(config).await.context("starting the stub")?;
+            tracing::info!(quic = %stub.quic_addr()?, https = %stub.https_addr()?, "stub listening");
+            stub.serve(tether::shutdown::signal()).await
+        }
+        Command::Agent(args) => {
+            let dir = CertDir::new(&args.certs);
+            let upstream = match (args.upstream, args.kubeconfig) {
+                (Some(url), _) => UpstreamSource::Url {
+                    url,
+                    ca: args.upstream_ca,
+                },
+                (None, Some(path)) => UpstreamSource::Kubeconfig {
+                    path,
+                    context: args.context,
+                },
+                (None, None) => anyhow::bail!("give --upstream URL or --kubeconfig FILE"),
+            };
+            let config = AgentConfig {
+                cert: args.cert.unwrap_or_else(|| dir.agent_cert(&args.cluster, &args.name)),
+                key: args.key.unwrap_or_else(|| dir.agent_key(&args.cluster, &args.name)),
+                ca: args.ca.unwrap_or_else(|| dir.ca_cert()),
+                cluster: args.cluster,
+                name: args.name,
+                stub: args.stub,
+                server_name: args.server_name,
+                upstream,
+                tuning: Tuning {
+                    idle_timeout: args.quic.idle_timeout,
+                    max_request_streams: args.max_streams,
+                },
+                backoff_min: args.backoff_min,
+                backoff_max: args.backoff_max,
+                grace: args.grace,
+            };
+            agent::run(config, tether::shutdown::signal()).await
+        }
+    }
+}
+
+fn run_certs(command: CertsCommand) -> anyhow::Result<()> {
+    match command {
+        CertsCommand::Init { dir, days, force } => {
+            let dir = CertDir::new(dir);
+            let fp = certs::init_ca_in_dir(&dir, days, force)?;
+            println!("CA written to {} ({fp})", dir.ca_cert().display());
+        }
+        CertsCommand::Stub { dir, sans, days, force } => {
+            let dir = CertDir::new(dir);
+            let fp = certs::stub_in_dir(&dir, &sans, days, force)?;
+            println!(
+                "stub certificate written to {} for {} ({fp})",
+                dir.stub_cert().display(),
+                sans.join(", ")
+            );
+        }
+        CertsCommand::Agent {
+            dir,
+            cluster,
+            name,
+            register,
+            days,
+            force,
+        } => {
+            let dir = CertDir::new(dir);
+            let (fp, registered) = certs::agent_in_dir(&dir, &cluster, &name, days, force, register)?;
+            // The fingerprint alone on stdout, so scripts can capture it; the rest on stderr.
+            println!("{fp}");
+            eprintln!(
+                "agent certificate written to {}",
+                dir.agent_cert(&cluster, &name).display()
+            );
+            match registered {
+                Some(Registered::Added) => eprintln!("registered {cluster}/{name} in {}", dir.whitelist().display()),
+                Some(Registered::AlreadyPresent) => eprintln!("{cluster}/{name} was already registered"),
+                None => eprintln!("not registered: add `{cluster} {name} {fp}` to the stub's whitelist"),
+            }
+        }
+        CertsCommand::Issuer { dir, force } => {
+            let dir = CertDir::new(dir);
+            certs::issuer_in_dir(&dir, force)?;
+            println!(
+                "issuer key pair written to {} and {}",
+                dir.issuer_key().display(),
+                dir.issuer_pub().display()
+            );
+        }
+        CertsCommand::Fingerprint { file } => println!("{}", certs::fingerprint_of_file(&file)?),
+    }
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! QUIC endpoints for both roles: transport parameters sized on purpose and UDP sockets with
+//! large kernel buffers (see DESIGN.md, "Performance rules").
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Endpoint, EndpointConfig, IdleTimeout, TransportConfig, VarInt};
+
+/// Knobs of a QUIC connection that an operator may need to turn.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// A peer silent for this long is dead; keep-alives go out at a third of it.
+    pub idle_timeout: Duration,
+    /// Request streams the *stub* may have open on one agent connection at once. Long watches
+    /// each hold one, so this is far above the expected number of concurrent watches. quinn
+    /// keeps a small record per allowed stream, so it also bounds memory.
+    pub max_request_streams: u32,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            idle_timeout: Duration::from_secs(10),
+            max_request_streams: 16_384,
+        }
+    }
+}
+
+// One stream may have 2 MiB in flight: 100 MB/s at 20 ms RTT, and a slow reader holds at most
+// that much per stream in the receiver. The connection cap bounds the sum over all streams.
+const STREAM_RECEIVE_WINDOW: u32 = 2 * 1024 * 1024;
+const CONNECTION_RECEIVE_WINDOW: u32 = 16 * 1024 * 1024;
+const SEND_WINDOW: u64 = 16 * 1024 * 1024;
+/// Kernel socket buffers we ask for; bursts of a fast sender land here before quinn reads them.
+const UDP_BUFFER_BYTES: usize = 8 * 1024 * 1024;
+
+/// Streams the agent opens to the stub: the control stream only, plus headroom.
+const AGENT_OPENED_STREAMS: u32 = 4;
+
+fn transport(tuning: &Tuning, peer_may_open_bidi: u32) -> Arc<TransportConfig> {
+    let mut t = TransportConfig::default();
+    let idle = IdleTimeout::try_from(tuning.idle_timeout).unwrap_or(IdleTimeout::from(VarInt::from_u32(10_000)));
+    t.max_idle_timeout(Some(idle));
+    t.keep_alive_interval(Some(tuning.idle_timeout / 3));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(peer_may_open_bidi));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW));
+    t.receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW));
+    t.send_window(SEND_WINDOW);
+    Arc::new(t)
+}
+
+/// Binds a UDP socket with large buffers, logging what the kernel granted (Linux caps requests
+/// at `net.core.rmem_max` unless raised).
+pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false).ok();
+    }
+    // Best effort: a smaller buffer still works, just drops more under bursts.
+    socket.set_recv_buffer_size(UDP_BUFFER_BYTES).ok();
+    socket.set_send_buffer_size(UDP_BUFFER_BYTES).ok();
+    socket.bind(&addr.into())?;
+    tracing::debug!(
+        requested = UDP_BUFFER_BYTES,
+        recv = socket.recv_buffer_size().unwrap_or(0),
+        send = socket.send_buffer_size().unwrap_or(0),
+        "UDP socket buffers"
+    );
+    Ok(socket.into())
+}
+
+/// The stub's endpoint: a server that accepts agents.
+pub fn server_endpoint(addr: SocketAddr, tls: rustls::ServerConfig, tuning: &Tuning) -> std::io::Result<Endpoint> {
+    let crypto = QuicServerConfig::try_from(tls).map_err(std::io::Error::other)?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport(tuning, AGENT_OPENED_STREAMS));
+    let socket = bind_udp(addr)?;
+    Endpoint::new(
+        EndpointConfig::default(),
+        Some(config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+}
+
+/// The agent's endpoint and the client configuration it dials with.
+pub fn client_endpoint(
+    bind: SocketAddr,
+    tls: rustls::ClientConfig,
+    tuning: &Tuning,
+) -> std::io::Result<(Endpoint, quinn::ClientConfig)> {
+    let crypto = QuicClientConfig::try_from(tls).map_err(std::io::Error::other)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport(tuning, tuning.max_request_streams));
+    let socket = bind_udp(bind)?;
+    let endpoint = Endpoint::new(EndpointConfig::default(), None, socket, Arc::new(quinn::TokioRuntime))?;
+    Ok((endpoint, config))
+}

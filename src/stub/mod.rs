@@ -1,0 +1,125 @@
+//! The stub: the hub side of the tunnel.
+//!
+//! - [`agents`]: the QUIC listener; agents connect, say hello, and join the [`registry`].
+//! - [`registry`]: live agent connections per cluster and the choice of one per request.
+//! - [`front_door`]: the HTTPS listener for users and services (HTTP/1.1 and HTTP/2).
+//! - [`forward`]: one request from the front door over its own QUIC stream and back.
+//! - [`route`]: `/clusters/{cluster}/{path}` -> cluster and upstream path.
+
+pub mod agents;
+pub mod forward;
+pub mod front_door;
+pub mod registry;
+pub mod route;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::identity::files::{self, CertDir};
+use crate::identity::tls;
+use crate::identity::whitelist::{Whitelist, WhitelistHandle};
+use crate::quic::{self, Tuning};
+use crate::wire::codes::AppCode;
+
+/// What `tether stub` needs.
+#[derive(Debug, Clone)]
+pub struct StubConfig {
+    pub certs: CertDir,
+    pub quic_listen: SocketAddr,
+    pub https_listen: SocketAddr,
+    pub tuning: Tuning,
+    /// How long open front-door requests may take to finish on shutdown.
+    pub grace: Duration,
+}
+
+/// State shared by the QUIC side and the front door.
+#[derive(Debug)]
+pub struct StubState {
+    pub registry: registry::Registry,
+    pub whitelist: WhitelistHandle,
+}
+
+/// A stub whose sockets are bound (so its addresses are known) but not yet serving.
+pub struct Stub {
+    endpoint: quinn::Endpoint,
+    listener: TcpListener,
+    front_tls: Arc<rustls::ServerConfig>,
+    state: Arc<StubState>,
+    grace: Duration,
+}
+
+impl Stub {
+    /// Loads certificates and whitelist and binds both listeners.
+    pub async fn bind(config: StubConfig) -> anyhow::Result<Stub> {
+        let dir = &config.certs;
+        let ca = files::load_certs(&dir.ca_cert())?;
+        let chain = files::load_certs(&dir.stub_cert())?;
+        let key = files::load_key(&dir.stub_key())?;
+        let whitelist = WhitelistHandle::new(Whitelist::load(&dir.whitelist())?);
+        tracing::info!(agents = whitelist.get().entries().len(), path = %dir.whitelist().display(), "whitelist loaded");
+
+        let quic_tls = tls::stub_quic(&ca, chain.clone(), key.clone_key(), whitelist.clone())?;
+        let endpoint = quic::server_endpoint(config.quic_listen, quic_tls, &config.tuning)
+            .with_context(|| format!("binding the QUIC listener on {}", config.quic_listen))?;
+        let front_tls = Arc::new(tls::front_door(chain, key)?);
+        let listener = TcpListener::bind(config.https_listen)
+            .await
+            .with_context(|| format!("binding the HTTPS listener on {}", config.https_listen))?;
+        let state = Arc::new(StubState {
+            registry: registry::Registry::default(),
+            whitelist,
+        });
+        Ok(Stub {
+            endpoint,
+            listener,
+            front_tls,
+            state,
+            grace: config.grace,
+        })
+    }
+
+    pub fn quic_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    pub fn https_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then closes agent connections with "going away" and
+    /// drains the front door.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let agents = tokio::spawn(agents::accept_loop(
+            self.endpoint.clone(),
+            self.state.clone(),
+            cancel.clone(),
+            tracker.clone(),
+        ));
+        let front = tokio::spawn(front_door::serve(
+            self.listener,
+            self.front_tls,
+            self.state.clone(),
+            cancel.clone(),
+            self.grace,
+        ));
+        shutdown.await;
+        tracing::info!("shutting down: draining the front door, then closing agent connections");
+        cancel.cancel();
+        let _ = front.await;
+        self.endpoint.close(AppCode::GoingAway.varint(), b"stub shutting down");
+        let _ = agents.await;
+        tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,113 @@
+//! The live agent connections of every cluster, and the choice of one for a new request: the
+//! least busy connection that is not draining.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::identity::fingerprint::Fingerprint;
+
+/// One welcomed agent connection.
+#[derive(Debug)]
+pub struct AgentLink {
+    pub id: u64,
+    pub cluster: String,
+    /// The agent name of the certificate's whitelist entry.
+    pub name: String,
+    pub fingerprint: Fingerprint,
+    pub remote: SocketAddr,
+    pub connection: quinn::Connection,
+    in_flight: AtomicUsize,
+    draining: AtomicBool,
+}
+
+impl AgentLink {
+    pub fn new(
+        id: u64,
+        cluster: String,
+        name: String,
+        fingerprint: Fingerprint,
+        connection: quinn::Connection,
+    ) -> AgentLink {
+        AgentLink {
+            id,
+            cluster,
+            name,
+            fingerprint,
+            remote: connection.remote_address(),
+            connection,
+            in_flight: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// Routes nothing new to this link; its open streams finish.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a request against its link while alive.
+#[derive(Debug)]
+pub struct InFlight(pub Arc<AgentLink>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Every cluster's live links.
+#[derive(Debug, Default)]
+pub struct Registry {
+    clusters: Mutex<HashMap<String, Vec<Arc<AgentLink>>>>,
+    next_id: AtomicU64,
+}
+
+impl Registry {
+    /// A fresh connection id (shared with the agent in `Welcome`, so logs match).
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub fn add(&self, link: Arc<AgentLink>) {
+        self.lock().entry(link.cluster.clone()).or_default().push(link);
+    }
+
+    pub fn remove(&self, link: &AgentLink) {
+        let mut clusters = self.lock();
+        if let Some(links) = clusters.get_mut(&link.cluster) {
+            links.retain(|l| l.id != link.id);
+            if links.is_empty() {
+                clusters.remove(&link.cluster);
+            }
+        }
+    }
+
+    /// The least busy routable link of `cluster`, counted as busy until the guard drops.
+    pub fn pick(&self, cluster: &str) -> Option<InFlight> {
+        let clusters = self.lock();
+        let link = clusters
+            .get(cluster)?
+            .iter()
+            .filter(|l| !l.draining.load(Ordering::Relaxed) && l.connection.close_reason().is_none())
+            .min_by_key(|l| l.in_flight())?
+            .clone();
+        link.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(InFlight(link))
+    }
+
+    /// Number of live links of `cluster` (draining ones included).
+    pub fn count(&self, cluster: &str) -> usize {
+        self.lock().get(cluster).map_or(0, Vec::len)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Arc<AgentLink>>>> {
+        self.clusters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

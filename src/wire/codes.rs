@@ -1,0 +1,89 @@
+//! QUIC application error codes: the one list of reasons a stub or agent closes a connection or
+//! resets a stream. Both ends log the name, so a refusal reads as words, not as a number.
+
+use quinn::VarInt;
+
+/// Why a connection was closed or a stream reset. The numbers are part of the wire protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum AppCode {
+    /// Orderly close with nothing wrong.
+    Normal = 0,
+    /// The peer sent something the protocol does not allow (bad frame, wrong order, oversize).
+    ProtocolViolation = 1,
+    /// The agent's hello claims a cluster other than its certificate's whitelist entry.
+    IdentityMismatch = 2,
+    /// The agent speaks a protocol version this stub does not.
+    VersionMismatch = 3,
+    /// The stub is shutting down; reconnect (to it or another replica) later.
+    GoingAway = 4,
+    /// The agent's fingerprint was removed from the whitelist.
+    Revoked = 5,
+    /// The agent is draining: it finishes what it has and takes nothing new.
+    Draining = 6,
+    /// Stream level: the caller went away, so the request is abandoned.
+    Cancelled = 7,
+    /// Stream level: the upstream API server failed in the middle of a response.
+    UpstreamFailed = 8,
+    /// The peer did not send its first frame in time.
+    Timeout = 9,
+    /// An unexpected internal failure.
+    Internal = 10,
+}
+
+impl AppCode {
+    const ALL: [AppCode; 11] = [
+        AppCode::Normal,
+        AppCode::ProtocolViolation,
+        AppCode::IdentityMismatch,
+        AppCode::VersionMismatch,
+        AppCode::GoingAway,
+        AppCode::Revoked,
+        AppCode::Draining,
+        AppCode::Cancelled,
+        AppCode::UpstreamFailed,
+        AppCode::Timeout,
+        AppCode::Internal,
+    ];
+
+    /// The code as QUIC carries it.
+    pub fn varint(self) -> VarInt {
+        VarInt::from_u32(self as u32)
+    }
+
+    /// The code a peer sent, if it is one of ours.
+    pub fn from_varint(code: VarInt) -> Option<AppCode> {
+        Self::ALL.into_iter().find(|c| c.varint() == code)
+    }
+
+    /// Plain words for logs and for the agent's report of a refusal.
+    pub fn describe(self) -> &'static str {
+        match self {
+            AppCode::Normal => "closed normally",
+            AppCode::ProtocolViolation => "protocol violation",
+            AppCode::IdentityMismatch => "cluster claim does not match the certificate's whitelist entry",
+            AppCode::VersionMismatch => "protocol version not supported by the peer",
+            AppCode::GoingAway => "peer is going away (shutting down)",
+            AppCode::Revoked => "certificate was removed from the stub's whitelist",
+            AppCode::Draining => "agent is draining",
+            AppCode::Cancelled => "request cancelled by the caller",
+            AppCode::UpstreamFailed => "upstream failed mid-response",
+            AppCode::Timeout => "peer did not send its first frame in time",
+            AppCode::Internal => "internal error",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_round_trips_and_is_distinct() {
+        for (i, code) in AppCode::ALL.iter().enumerate() {
+            assert_eq!(AppCode::from_varint(code.varint()), Some(*code));
+            assert_eq!(*code as usize, i, "codes are dense and listed in order");
+        }
+        assert_eq!(AppCode::from_varint(VarInt::from_u32(9999)), None);
+    }
+}
