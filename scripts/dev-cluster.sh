@@ -12,8 +12,9 @@
 # `kubernetes` source package ships the full v1.20.2 tree with vendor/, so kube-apiserver builds
 # offline with bookworm's Go 1.19; etcd is bookworm's etcd-server. All downloads go through apt,
 # using the Debian sources this machine is already configured with (no host name lives in this
-# script). The build needs about 2.3 GB of scratch disk and about 5 minutes on 2 cores; only the
-# two binaries (about 120 MB) are kept, in ${TETHER_CACHE:-$HOME/.cache/tether}/kube-1.20.2/.
+# script). The build needs about 2.3 GB of scratch disk and 5-6 minutes on 2 idle cores (8-9 when
+# the machine is busy compiling other things); only the two binaries (about 126 MB) are kept, in
+# ${TETHER_CACHE:-$HOME/.cache/tether}/kube-1.20.2/.
 #
 # Environment knobs:
 #   TETHER_CACHE       cache root (default $HOME/.cache/tether)
@@ -99,7 +100,7 @@ cache_ok() {
 }
 
 BUILD_START=0
-BUILD_STEP_TOTAL=7
+BUILD_STEP_TOTAL=8
 step() {
   local n=$1; shift
   printf '%s: [build %d/%d, %3ds] %s\n' "$PROG" "$n" "$BUILD_STEP_TOTAL" \
@@ -162,7 +163,7 @@ write_private_sources() {
         lines[++n] = line
       }
       END { flush() }' "$f" >"$out_dir/$base"
-    [[ -s $out_dir/$base ]] && found=1 || rm -f "$out_dir/$base"
+    if [[ -s $out_dir/$base ]]; then found=1; else rm -f "$out_dir/$base"; fi
   done
   # one-line files (sources.list, *.list)
   for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
@@ -175,7 +176,7 @@ write_private_sources() {
         split(r, a, /[ \t]+/)
         if (a[2] == cn || index(a[2], cn "-") == 1) { print "deb " rest; print "deb-src " rest }
       }' "$f" >"$out_dir/$base"
-    [[ -s $out_dir/$base ]] && found=1 || rm -f "$out_dir/$base"
+    if [[ -s $out_dir/$base ]]; then found=1; else rm -f "$out_dir/$base"; fi
   done
   ((found)) || die "found no Debian '$codename' entries in /etc/apt/sources.list or /etc/apt/sources.list.d/; this recipe needs this machine's Debian bookworm apt sources."
 }
@@ -202,6 +203,7 @@ do_build() {
   fi
 
   local codename
+  # shellcheck disable=SC1091
   codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
   [[ -n $codename ]] || die "cannot read VERSION_CODENAME from /etc/os-release; this recipe needs Debian bookworm."
 
@@ -220,7 +222,7 @@ do_build() {
   BUILD_START=$SECONDS
   log "building kube-apiserver $KUBE_VERSION from Debian's '$DEB_SRC_PACKAGE' source package (one time, about 5 minutes on 2 cores; scratch dir $BUILD_DIR)"
 
-  # -- 1. private apt configuration ------------------------------------------------------------
+  # -- private apt configuration (steps 1-2) --
   # Only the source list, index and download directories are private; the machine's apt.conf.d
   # (proxies, keyrings, check-valid-until for snapshot mirrors) still applies. Nothing is
   # installed system-wide.
@@ -245,7 +247,7 @@ do_build() {
     die "the Debian sources on this machine do not offer source package $DEB_SRC_PACKAGE=$DEB_SRC_VERSION (it is in bookworm / bookworm-security). Check /etc/apt/sources.list.d/ lists Debian bookworm and bookworm-security."
   fi
 
-  # -- 2. downloads -----------------------------------------------------------------------------
+  # -- downloads (step 3) --
   local DL=$BUILD_DIR/dl ROOT=$BUILD_DIR/root
   mkdir -p "$DL" "$ROOT"
   local -a debs=("golang-$GO_SERIES-go" "golang-$GO_SERIES-src" "$ETCD_PACKAGE")
@@ -259,7 +261,7 @@ do_build() {
     apt-get "${APT_OPTS[@]}" source --download-only "$DEB_SRC_PACKAGE=$DEB_SRC_VERSION")
   (cd "$DL" && run_logged "$BUILD_DIR/apt-download.log" apt-get "${APT_OPTS[@]}" download "${debs[@]}")
 
-  # -- 3. unpack --------------------------------------------------------------------------------
+  # -- unpack (step 4) --
   step 4 "unpacking the source tree (with Debian's patches) and the Go $GO_SERIES toolchain"
   local SRC=$BUILD_DIR/kubernetes
   run_logged "$BUILD_DIR/unpack.log" dpkg-source -x "$DL/${DEB_SRC_PACKAGE}_${DEB_SRC_VERSION}.dsc" "$SRC"
@@ -294,12 +296,12 @@ EOF
   )
   mkdir -p "$BUILD_DIR/home"
 
-  # -- 4. code generation -----------------------------------------------------------------------
+  # -- code generation (step 5) --
   # zz_generated.openapi.go is not in the tarball; kube-apiserver does not compile without it.
   step 5 "generating OpenAPI definitions (make gen_openapi, about 30 s)"
   (cd "$SRC" && run_logged "$BUILD_DIR/gen-openapi.log" env "${GOENV_VARS[@]}" make gen_openapi)
 
-  # -- 5. compile -------------------------------------------------------------------------------
+  # -- compile (step 6) --
   # -X stamps the version into both version packages (the vendored import paths, as the
   # upstream hack/lib/version.sh does); without it /version reports v0.0.0. Tags and -s -w as
   # in upstream's build (selinux,notest; stripped).
@@ -311,13 +313,13 @@ EOF
       ldflags+=" -X k8s.io/kubernetes/vendor/k8s.io/$pkg.$kv"
     done
   done
-  step 6 "compiling kube-apiserver (go build, about 4-5 minutes on 2 cores)"
+  step 6 "compiling kube-apiserver (go build, about 4-7 minutes on 2 cores)"
   # cd through the GOPATH symlink: in GOPATH mode the package path comes from the directory.
   (cd "$GOPATH_DIR/src/k8s.io/kubernetes" && run_logged "$BUILD_DIR/go-build.log" \
     env "${GOENV_VARS[@]}" go build -trimpath -tags selinux,notest -ldflags "$ldflags" \
     -o "$BUILD_DIR/out/kube-apiserver" ./cmd/kube-apiserver)
 
-  # -- 6. install into the cache ------------------------------------------------------------------
+  # -- install into the cache (step 7), clean up (step 8) --
   step 7 "installing kube-apiserver and etcd into $CACHE_DIR"
   local got
   got=$("$BUILD_DIR/out/kube-apiserver" --version 2>&1 || true)
@@ -329,12 +331,14 @@ EOF
   cp "$BUILD_DIR/out/kube-apiserver" "$CACHE_DIR/.kube-apiserver.tmp" &&
     mv -f "$CACHE_DIR/.kube-apiserver.tmp" "$KUBE_APISERVER_BIN"
   {
-    echo "kube-apiserver $KUBE_VERSION built $(date -u +%Y-%m-%dT%H:%M:%SZ) in $((SECONDS - BUILD_START))s"
+    echo "kube-apiserver $KUBE_VERSION built $(date -u +%Y-%m-%dT%H:%M:%SZ) (compiled in $((SECONDS - BUILD_START))s)"
     echo "source package: $DEB_SRC_PACKAGE $DEB_SRC_VERSION"
     echo "go: $(env "${GOENV_VARS[@]}" go version)"
-    echo "etcd: $(dpkg-deb -f "$DL"/${ETCD_PACKAGE}_*.deb Package Version | paste -sd' ')"
+    echo "etcd: $ETCD_PACKAGE $(dpkg-deb -f "$DL"/${ETCD_PACKAGE}_*.deb Version)"
   } >"$CACHE_DIR/BUILD-INFO"
 
+  # Removing ~2.3 GB in ~100k files can take a minute or more on a busy disk: say so.
+  step 8 "removing the build tree (about 2.3 GB)"
   rm -rf "${BUILD_DIR:?}"
   trap - EXIT INT TERM
   exec 9>&-
@@ -446,6 +450,10 @@ stop_pidfile() {
       pid_is "$pid" "$bin" && die "$name (pid $pid) survived SIGKILL"
     fi
   fi
+  # The daemons were reparented to PID 1 (they run in their own session), so after they exit
+  # they stay zombies until init reaps them. Give it a moment so that a caller's `kill -0 PID`
+  # right after `stop` sees them gone (best effort: a zombie holds no ports or files).
+  for ((i = 0; i < 30; i++)); do [[ -e /proc/$pid ]] || break; sleep 0.1; done
   rm -f "$pf"
 }
 
@@ -520,7 +528,7 @@ do_start() {
   [[ -n $api_port ]] || die "could not find free TCP ports on 127.0.0.1"
   local api_url=https://127.0.0.1:$api_port etcd_url=http://127.0.0.1:$etcd_port
 
-  # -- keys and certificates ---------------------------------------------------------------------
+  # -- keys and certificates --
   # A throw-away CA and a serving certificate for 127.0.0.1/localhost, so kubeconfigs carry a
   # real CA (no insecure-skip-tls-verify); and a service-account signing key.
   local P=$dir/pki
@@ -541,7 +549,7 @@ do_start() {
   ) >"$P/openssl.log" 2>&1 || { cat "$P/openssl.log" >&2; die "openssl failed to create the keys in $P"; }
   chmod 644 "$P/ca.crt"
 
-  # -- tokens: only the admin and the agent; users arrive via impersonation --------------------
+  # -- tokens: only the admin and the agent; users arrive via impersonation --
   local admin_token agent_token
   admin_token=$(openssl rand -hex 32)
   agent_token=$(openssl rand -hex 32)
@@ -557,7 +565,7 @@ rules:
 - level: Metadata
 EOF
 
-  # -- etcd ---------------------------------------------------------------------------------------
+  # -- etcd --
   log "starting etcd on $etcd_url"
   start_daemon "$dir" etcd "$dir/etcd.log" "$ETCD_BIN" \
     --name tether-dev \
@@ -584,7 +592,7 @@ EOF
   done
   pid_is "$etcd_pid" "$ETCD_BIN" || { do_stop "$dir"; die "pid $etcd_pid is not $ETCD_BIN (was setsid run with job control?)"; }
 
-  # -- kube-apiserver ------------------------------------------------------------------------------
+  # -- kube-apiserver --
   log "starting kube-apiserver $KUBE_VERSION on $api_url"
   start_daemon "$dir" apiserver "$dir/apiserver.log" "$KUBE_APISERVER_BIN" \
     --etcd-servers="$etcd_url" \
@@ -618,13 +626,13 @@ EOF
   pid_is "$api_pid" "$KUBE_APISERVER_BIN" || { do_stop "$dir"; die "pid $api_pid is not $KUBE_APISERVER_BIN"; }
   log "kube-apiserver ready after $((SECONDS - deadline + READY_TIMEOUT))s"
 
-  # -- kubeconfigs ----------------------------------------------------------------------------------
+  # -- kubeconfigs --
   local ca_b64
   ca_b64=$(base64 -w0 <"$P/ca.crt")
   write_kubeconfig "$dir/admin.kubeconfig" "$api_url" "$ca_b64" "$ADMIN_USER" "$admin_token"
   write_kubeconfig "$dir/agent.kubeconfig" "$api_url" "$ca_b64" "$AGENT_USER" "$agent_token"
 
-  # -- the agent may impersonate users and groups, and nothing else ------------------------------
+  # -- the agent may impersonate users and groups, and nothing else --
   if ! kubectl_dev "$dir" apply -f - >"$dir/.rbac.log" 2>&1 <<EOF
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
@@ -655,7 +663,7 @@ EOF
   fi
   rm -f "$dir/.rbac.log"
 
-  # -- env file -------------------------------------------------------------------------------------
+  # -- env file --
   (
     umask 077
     {
