@@ -67,10 +67,7 @@ pub fn headers_to_wire(headers: &HeaderMap) -> Vec<Header> {
     headers
         .iter()
         .filter(|(name, _)| !is_hop_by_hop(name, &tokens) && *name != http::header::HOST)
-        .map(|(name, value)| Header {
-            name: name.as_str().to_owned(),
-            value: value.as_bytes().to_vec(),
-        })
+        .map(|(name, value)| Header { name: name.as_str().to_owned(), value: value.as_bytes().to_vec() })
         .collect()
 }
 
@@ -79,10 +76,8 @@ pub fn headers_to_wire(headers: &HeaderMap) -> Vec<Header> {
 pub fn headers_from_wire(headers: &[Header]) -> HeaderMap {
     let mut map = HeaderMap::with_capacity(headers.len());
     for h in headers {
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(h.name.as_bytes()),
-            HeaderValue::from_bytes(&h.value),
-        ) else {
+        let (Ok(name), Ok(value)) = (HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_bytes(&h.value))
+        else {
             continue;
         };
         if !is_hop_by_hop(&name, &[]) && name != http::header::HOST {
@@ -90,6 +85,22 @@ pub fn headers_from_wire(headers: &[Header]) -> HeaderMap {
         }
     }
     map
+}
+
+/// An error and its sources, `outer: inner: root`, for messages a person reads.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let inner_text = inner.to_string();
+        // Some errors repeat their source in their own message.
+        if !text.contains(&inner_text) {
+            text.push_str(": ");
+            text.push_str(&inner_text);
+        }
+        source = inner.source();
+    }
+    text
 }
 
 /// Why a body could not be moved into a QUIC stream.
@@ -185,22 +196,10 @@ mod tests {
     #[test]
     fn invalid_wire_headers_are_dropped() {
         let wire = vec![
-            Header {
-                name: "bad name".into(),
-                value: b"x".to_vec(),
-            },
-            Header {
-                name: "x-ok".into(),
-                value: b"fine".to_vec(),
-            },
-            Header {
-                name: "x-bad-value".into(),
-                value: b"a\nb".to_vec(),
-            },
-            Header {
-                name: "Transfer-Encoding".into(),
-                value: b"chunked".to_vec(),
-            },
+            Header { name: "bad name".into(), value: b"x".to_vec() },
+            Header { name: "x-ok".into(), value: b"fine".to_vec() },
+            Header { name: "x-bad-value".into(), value: b"a\nb".to_vec() },
+            Header { name: "Transfer-Encoding".into(), value: b"chunked".to_vec() },
         ];
         let map = headers_from_wire(&wire);
         assert_eq!(map.len(), 1);

@@ -75,6 +75,17 @@ enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Add an existing agent certificate's fingerprint to the stub's whitelist (DIR/whitelist).
+    Register {
+        #[arg(long, env = "TETHER_CERTS", default_value = "certs")]
+        dir: PathBuf,
+        #[arg(long)]
+        cluster: String,
+        #[arg(long)]
+        name: String,
+        /// The agent's certificate (PEM).
+        cert: PathBuf,
+    },
     /// Create the Ed25519 key pair that signs user tokens (DIR/issuer.key, DIR/issuer.pub).
     Issuer {
         #[arg(long, env = "TETHER_CERTS", default_value = "certs")]
@@ -136,12 +147,7 @@ struct AgentArgs {
     #[arg(long, env = "TETHER_CA")]
     ca: Option<PathBuf>,
     /// The API server (or any HTTP(S) server) to forward to.
-    #[arg(
-        long,
-        env = "TETHER_UPSTREAM",
-        conflicts_with = "kubeconfig",
-        required_unless_present = "kubeconfig"
-    )]
+    #[arg(long, env = "TETHER_UPSTREAM", conflicts_with = "kubeconfig", required_unless_present = "kubeconfig")]
     upstream: Option<String>,
     /// CA of the --upstream server's certificate.
     #[arg(long, env = "TETHER_UPSTREAM_CA", requires = "upstream")]
@@ -206,10 +212,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 certs: CertDir::new(args.certs),
                 quic_listen: args.quic_listen,
                 https_listen: args.https_listen,
-                tuning: Tuning {
-                    idle_timeout: args.quic.idle_timeout,
-                    ..Tuning::default()
-                },
+                tuning: Tuning { idle_timeout: args.quic.idle_timeout, ..Tuning::default() },
                 grace: args.grace,
             };
             let stub = Stub::bind(config).await.context("starting the stub")?;
@@ -219,14 +222,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Agent(args) => {
             let dir = CertDir::new(&args.certs);
             let upstream = match (args.upstream, args.kubeconfig) {
-                (Some(url), _) => UpstreamSource::Url {
-                    url,
-                    ca: args.upstream_ca,
-                },
-                (None, Some(path)) => UpstreamSource::Kubeconfig {
-                    path,
-                    context: args.context,
-                },
+                (Some(url), _) => UpstreamSource::Url { url, ca: args.upstream_ca },
+                (None, Some(path)) => UpstreamSource::Kubeconfig { path, context: args.context },
                 (None, None) => anyhow::bail!("give --upstream URL or --kubeconfig FILE"),
             };
             let config = AgentConfig {
@@ -238,10 +235,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 stub: args.stub,
                 server_name: args.server_name,
                 upstream,
-                tuning: Tuning {
-                    idle_timeout: args.quic.idle_timeout,
-                    max_request_streams: args.max_streams,
-                },
+                tuning: Tuning { idle_timeout: args.quic.idle_timeout, max_request_streams: args.max_streams },
                 backoff_min: args.backoff_min,
                 backoff_max: args.backoff_max,
                 grace: args.grace,
@@ -261,42 +255,33 @@ fn run_certs(command: CertsCommand) -> anyhow::Result<()> {
         CertsCommand::Stub { dir, sans, days, force } => {
             let dir = CertDir::new(dir);
             let fp = certs::stub_in_dir(&dir, &sans, days, force)?;
-            println!(
-                "stub certificate written to {} for {} ({fp})",
-                dir.stub_cert().display(),
-                sans.join(", ")
-            );
+            println!("stub certificate written to {} for {} ({fp})", dir.stub_cert().display(), sans.join(", "));
         }
-        CertsCommand::Agent {
-            dir,
-            cluster,
-            name,
-            register,
-            days,
-            force,
-        } => {
+        CertsCommand::Agent { dir, cluster, name, register, days, force } => {
             let dir = CertDir::new(dir);
             let (fp, registered) = certs::agent_in_dir(&dir, &cluster, &name, days, force, register)?;
             // The fingerprint alone on stdout, so scripts can capture it; the rest on stderr.
             println!("{fp}");
-            eprintln!(
-                "agent certificate written to {}",
-                dir.agent_cert(&cluster, &name).display()
-            );
+            eprintln!("agent certificate written to {}", dir.agent_cert(&cluster, &name).display());
             match registered {
                 Some(Registered::Added) => eprintln!("registered {cluster}/{name} in {}", dir.whitelist().display()),
                 Some(Registered::AlreadyPresent) => eprintln!("{cluster}/{name} was already registered"),
                 None => eprintln!("not registered: add `{cluster} {name} {fp}` to the stub's whitelist"),
             }
         }
+        CertsCommand::Register { dir, cluster, name, cert } => {
+            let dir = CertDir::new(dir);
+            let (fp, registered) = certs::register_in_dir(&dir, &cluster, &name, &cert)?;
+            println!("{fp}");
+            match registered {
+                Registered::Added => eprintln!("registered {cluster}/{name} in {}", dir.whitelist().display()),
+                Registered::AlreadyPresent => eprintln!("{cluster}/{name} was already registered"),
+            }
+        }
         CertsCommand::Issuer { dir, force } => {
             let dir = CertDir::new(dir);
             certs::issuer_in_dir(&dir, force)?;
-            println!(
-                "issuer key pair written to {} and {}",
-                dir.issuer_key().display(),
-                dir.issuer_pub().display()
-            );
+            println!("issuer key pair written to {} and {}", dir.issuer_key().display(), dir.issuer_pub().display());
         }
         CertsCommand::Fingerprint { file } => println!("{}", certs::fingerprint_of_file(&file)?),
     }

@@ -21,10 +21,7 @@ pub struct Tuning {
 
 impl Default for Tuning {
     fn default() -> Self {
-        Tuning {
-            idle_timeout: Duration::from_secs(10),
-            max_request_streams: 16_384,
-        }
+        Tuning { idle_timeout: Duration::from_secs(10), max_request_streams: 16_384 }
     }
 }
 
@@ -79,12 +76,7 @@ pub fn server_endpoint(addr: SocketAddr, tls: rustls::ServerConfig, tuning: &Tun
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport(tuning, AGENT_OPENED_STREAMS));
     let socket = bind_udp(addr)?;
-    Endpoint::new(
-        EndpointConfig::default(),
-        Some(config),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
+    Endpoint::new(EndpointConfig::default(), Some(config), socket, Arc::new(quinn::TokioRuntime))
 }
 
 /// The agent's endpoint and the client configuration it dials with.

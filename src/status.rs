@@ -38,9 +38,7 @@ pub fn json(code: StatusCode, message: &str) -> Bytes {
 pub fn response(code: StatusCode, message: impl AsRef<str>) -> Response<Body> {
     let mut response = Response::new(bridge::full(json(code, message.as_ref())));
     *response.status_mut() = code;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 

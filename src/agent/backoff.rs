@@ -14,11 +14,7 @@ pub struct Backoff {
 impl Backoff {
     /// `min` is the first delay's ceiling, `max` the cap of every delay.
     pub fn new(min: Duration, max: Duration) -> Backoff {
-        Backoff {
-            min: min.min(max),
-            max,
-            attempt: 0,
-        }
+        Backoff { min: min.min(max), max, attempt: 0 }
     }
 
     /// The ceiling of the next delay: `min * 2^attempt`, capped at `max`.

@@ -25,11 +25,7 @@ pub async fn serve_stream(upstream: Upstream, mut send: SendStream, mut recv: Re
         Ok(head) => head,
         Err(e) => {
             tracing::debug!(error = %e, "request stream without a valid head");
-            let code = if matches!(e, WireError::Timeout(_)) {
-                AppCode::Timeout
-            } else {
-                AppCode::ProtocolViolation
-            };
+            let code = if matches!(e, WireError::Timeout(_)) { AppCode::Timeout } else { AppCode::ProtocolViolation };
             let _ = send.reset(code.varint());
             return;
         }
@@ -45,7 +41,23 @@ fn build_request(head: &RequestHead, recv: RecvStream) -> Result<Request<bridge:
         .uri(head.path_and_query.as_str())
         .body(bridge::recv_body(recv, ()))?;
     *request.headers_mut() = bridge::headers_from_wire(&head.headers);
+    scrub_caller_identity(request.headers_mut());
     Ok(request)
+}
+
+/// Removes every header by which a caller could speak for someone at the API server: its own
+/// `Authorization` (the agent sends its own credential) and all `Impersonate-*` headers (the
+/// agent alone decides whom to impersonate). Header names are lowercase here, so this also
+/// catches `IMPERSONATE-USER` and friends.
+pub fn scrub_caller_identity(headers: &mut http::HeaderMap) {
+    let names: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|name| *name == http::header::AUTHORIZATION || name.as_str().starts_with("impersonate-"))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
 }
 
 async fn forward(upstream: Upstream, head: RequestHead, mut send: SendStream, recv: RecvStream) {
@@ -53,30 +65,36 @@ async fn forward(upstream: Upstream, head: RequestHead, mut send: SendStream, re
         Ok(r) => r,
         Err(e) => return respond_error(&mut send, StatusCode::BAD_REQUEST, &format!("invalid request: {e}")).await,
     };
-    // Watching `stopped` is how a cancelled caller reaches a request still waiting for its
-    // upstream's answer; it is a cancellation signal here, not a wait for acknowledgements.
-    let stopped = send.stopped();
+    // `stopped` completes when the stub stops the stream because its caller went away: that is
+    // how a cancellation reaches an upstream request that is waiting for its answer or for its
+    // next body chunk (a quiet watch). A cancellation signal, not a wait for acknowledgements.
+    let mut stopped = std::pin::pin!(send.stopped());
     let response = tokio::select! {
         response = upstream.send(request) => response,
-        _ = stopped => return tracing::debug!("stub cancelled the request before the upstream answered"),
+        _ = &mut stopped => return tracing::debug!("stub cancelled the request before the upstream answered"),
     };
     let response = match response {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!(error = %e, upstream = upstream.url(), "upstream request failed");
-            let message = format!("the agent could not reach its API server: {e}");
+            tracing::warn!(
+                error = crate::bridge::error_chain(&*e),
+                upstream = upstream.url(),
+                "upstream request failed"
+            );
+            let message = format!("the agent could not reach its API server: {}", crate::bridge::error_chain(&*e));
             return respond_error(&mut send, StatusCode::BAD_GATEWAY, &message).await;
         }
     };
     let (parts, body) = response.into_parts();
-    let head = ResponseHead {
-        status: parts.status.as_u16(),
-        headers: bridge::headers_to_wire(&parts.headers),
-    };
+    let head = ResponseHead { status: parts.status.as_u16(), headers: bridge::headers_to_wire(&parts.headers) };
     if let Err(e) = write_frame(&mut send, &head).await {
         return tracing::debug!(error = %e, "stub went away before the response head");
     }
-    match bridge::pump_body(body, &mut send).await {
+    let pumped = tokio::select! {
+        pumped = bridge::pump_body(body, &mut send) => pumped,
+        _ = &mut stopped => return tracing::debug!("stub stopped the response; upstream request aborted"),
+    };
+    match pumped {
         Ok(bytes) => {
             let _ = send.finish();
             tracing::debug!(status = head.status, bytes, "request done");
@@ -93,13 +111,26 @@ async fn forward(upstream: Upstream, head: RequestHead, mut send: SendStream, re
 async fn respond_error(send: &mut SendStream, code: StatusCode, message: &str) {
     let head = ResponseHead {
         status: code.as_u16(),
-        headers: vec![Header {
-            name: "content-type".into(),
-            value: b"application/json".to_vec(),
-        }],
+        headers: vec![Header { name: "content-type".into(), value: b"application/json".to_vec() }],
     };
     let body = status::json(code, message);
     if write_frame(send, &head).await.is_ok() && send.write_chunk(body).await.is_ok() {
         let _ = send.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caller_identity_headers_never_survive() {
+        let wire = ["Authorization", "IMPERSONATE-USER", "Impersonate-Group", "impersonate-extra-scopes", "Accept"]
+            .iter()
+            .map(|name| Header { name: name.to_string(), value: b"x".to_vec() })
+            .collect::<Vec<_>>();
+        let mut headers = bridge::headers_from_wire(&wire);
+        scrub_caller_identity(&mut headers);
+        assert_eq!(headers.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["accept"]);
     }
 }

@@ -69,10 +69,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         Err(_) => quic::client_endpoint("0.0.0.0:0".parse().expect("valid address"), tls_config, &config.tuning)
             .context("binding the agent's UDP socket")?,
     };
-    let server_name = config
-        .server_name
-        .clone()
-        .unwrap_or_else(|| host_of(&config.stub).to_owned());
+    let server_name = config.server_name.clone().unwrap_or_else(|| host_of(&config.stub).to_owned());
     tracing::info!(cluster = %config.cluster, name = %config.name, stub = %config.stub, upstream = upstream.url(), "agent starting");
 
     let cancel = CancellationToken::new();
@@ -86,10 +83,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         let started = Instant::now();
         let end = match dial(&endpoint, &client_config, &config.stub, &server_name).await {
             Ok(conn) => session::run(conn, &config, &upstream, &cancel).await,
-            Err(reason) => SessionEnd::Lost {
-                welcomed: false,
-                reason,
-            },
+            Err(reason) => SessionEnd::Lost { welcomed: false, reason },
         };
         let SessionEnd::Lost { welcomed, reason } = end else {
             break;

@@ -78,10 +78,7 @@ pub async fn run(
         let _ = write_frame(&mut control, &Control::Drain).await;
         streams.close();
         if tokio::time::timeout(config.grace, streams.wait()).await.is_err() {
-            tracing::warn!(
-                abandoned = streams.len(),
-                "grace period over with requests still in flight"
-            );
+            tracing::warn!(abandoned = streams.len(), "grace period over with requests still in flight");
         }
         conn.close(AppCode::Draining.varint(), b"agent shutting down");
     }
@@ -134,6 +131,7 @@ fn explain_alert(alert: u8) -> String {
         0x30 => "certificate is not signed by the stub's CA (TLS alert unknown_ca)".into(),
         0x2d => "certificate has expired or is not yet valid (TLS alert certificate_expired)".into(),
         0x2a | 0x2b | 0x2e => "certificate was rejected (TLS alert bad_certificate)".into(),
+        0x33 => "certificate's signature does not verify: it was signed by another CA than the stub's (TLS alert decrypt_error)".into(),
         0x74 => "the stub requires a client certificate (TLS alert certificate_required)".into(),
         0x78 => "the stub does not speak tether/1 (TLS alert no_application_protocol)".into(),
         other => format!("TLS alert {other:#x}"),

@@ -63,9 +63,7 @@ pub struct Upstream {
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream")
-            .field("url", &self.url)
-            .finish_non_exhaustive()
+        f.debug_struct("Upstream").field("url", &self.url).finish_non_exhaustive()
     }
 }
 
@@ -74,10 +72,7 @@ impl Upstream {
     pub async fn new(source: &UpstreamSource) -> Result<Upstream, UpstreamError> {
         let config = match source {
             UpstreamSource::Url { url, ca } => {
-                let uri = url.parse().map_err(|source| UpstreamError::BadUrl {
-                    url: url.clone(),
-                    source,
-                })?;
+                let uri = url.parse().map_err(|source| UpstreamError::BadUrl { url: url.clone(), source })?;
                 let mut config = kube::Config::new(uri);
                 if let Some(ca) = ca {
                     config.root_cert = Some(files::load_certs(ca)?.into_iter().map(|c| c.to_vec()).collect());
@@ -85,20 +80,12 @@ impl Upstream {
                 config
             }
             UpstreamSource::Kubeconfig { path, context } => {
-                let kubeconfig = Kubeconfig::read_from(path).map_err(|source| UpstreamError::Kubeconfig {
-                    path: path.clone(),
-                    source,
-                })?;
-                let options = KubeConfigOptions {
-                    context: context.clone(),
-                    ..Default::default()
-                };
+                let kubeconfig = Kubeconfig::read_from(path)
+                    .map_err(|source| UpstreamError::Kubeconfig { path: path.clone(), source })?;
+                let options = KubeConfigOptions { context: context.clone(), ..Default::default() };
                 kube::Config::from_custom_kubeconfig(kubeconfig, &options)
                     .await
-                    .map_err(|source| UpstreamError::Kubeconfig {
-                        path: path.clone(),
-                        source,
-                    })?
+                    .map_err(|source| UpstreamError::Kubeconfig { path: path.clone(), source })?
             }
         };
         Upstream::from_config(config)
@@ -113,10 +100,7 @@ impl Upstream {
             .option_layer(config.auth_layer().map_err(UpstreamError::Kube)?)
             .map_err(BoxError::from)
             .service(client);
-        Ok(Upstream {
-            service: Service::new(service),
-            url: config.cluster_url.to_string(),
-        })
+        Ok(Upstream { service: Service::new(service), url: config.cluster_url.to_string() })
     }
 
     /// The API server's base URL (for logs).

@@ -94,12 +94,7 @@ fn params(common_name: &str, validity: Validity) -> CertificateParams {
 
 fn minted(cert: rcgen::Certificate, key: &KeyPair) -> Minted {
     let der = cert.der().clone();
-    Minted {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-        fingerprint: Fingerprint::of_der(&der),
-        der,
-    }
+    Minted { cert_pem: cert.pem(), key_pem: key.serialize_pem(), fingerprint: Fingerprint::of_der(&der), der }
 }
 
 /// Makes a self-signed CA.
@@ -107,11 +102,7 @@ pub fn new_ca(common_name: &str, validity: Validity) -> Result<Minted, CertError
     let key = KeyPair::generate().map_err(rcgen_err("generating the CA key"))?;
     let mut params = params(common_name, validity);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     let cert = params.self_signed(&key).map_err(rcgen_err("self-signing the CA"))?;
     Ok(minted(cert, &key))
 }
@@ -131,19 +122,15 @@ impl Signer {
 
     /// From `ca.crt` and `ca.key` of a certificate directory.
     pub fn load(dir: &CertDir) -> Result<Signer, CertError> {
-        let cert = files::load_text(
-            &dir.ca_cert(),
-            "cannot read the CA certificate (run `tether certs init` first)",
-        )?;
+        let cert = files::load_text(&dir.ca_cert(), "cannot read the CA certificate (run `tether certs init` first)")?;
         let key = files::load_text(&dir.ca_key(), "cannot read the CA key")?;
         Signer::from_pem(&cert, &key)
     }
 
     fn sign(&self, params: CertificateParams, what: &str) -> Result<Minted, CertError> {
         let key = KeyPair::generate().map_err(rcgen_err(format!("generating the {what} key")))?;
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .map_err(rcgen_err(format!("signing the {what} certificate")))?;
+        let cert =
+            params.signed_by(&key, &self.issuer).map_err(rcgen_err(format!("signing the {what} certificate")))?;
         Ok(minted(cert, &key))
     }
 
@@ -212,16 +199,26 @@ pub fn agent_in_dir(
     let minted = Signer::load(dir)?.issue_agent(cluster, name, Validity::days(days))?;
     minted.save(&cert, &key)?;
     let registered = if register {
-        let entry = Entry {
-            cluster: cluster.into(),
-            name: name.into(),
-            fingerprint: minted.fingerprint,
-        };
+        let entry = Entry { cluster: cluster.into(), name: name.into(), fingerprint: minted.fingerprint };
         Some(whitelist::register(&dir.whitelist(), &entry)?)
     } else {
         None
     };
     Ok((minted.fingerprint, registered))
+}
+
+/// `tether certs register`: adds an existing agent certificate to the whitelist in `dir`.
+pub fn register_in_dir(
+    dir: &CertDir,
+    cluster: &str,
+    name: &str,
+    cert: &std::path::Path,
+) -> Result<(Fingerprint, Registered), CertError> {
+    names::validate("cluster", cluster)?;
+    names::validate("agent name", name)?;
+    let fingerprint = fingerprint_of_file(cert)?;
+    let entry = Entry { cluster: cluster.into(), name: name.into(), fingerprint };
+    Ok((fingerprint, whitelist::register(&dir.whitelist(), &entry)?))
 }
 
 /// `tether certs issuer`: the token issuer key pair in `dir`.
@@ -248,15 +245,8 @@ mod tests {
         let dir = CertDir::new(tmp.path());
         init_ca_in_dir(&dir, 30, false).unwrap();
         let ca_before = std::fs::read(dir.ca_cert()).unwrap();
-        assert!(matches!(
-            init_ca_in_dir(&dir, 30, false),
-            Err(CertError::File(FileError::Exists(_)))
-        ));
-        assert_eq!(
-            std::fs::read(dir.ca_cert()).unwrap(),
-            ca_before,
-            "a refused init leaves the CA alone"
-        );
+        assert!(matches!(init_ca_in_dir(&dir, 30, false), Err(CertError::File(FileError::Exists(_)))));
+        assert_eq!(std::fs::read(dir.ca_cert()).unwrap(), ca_before, "a refused init leaves the CA alone");
 
         stub_in_dir(&dir, &["localhost".into(), "127.0.0.1".into()], 30, false).unwrap();
         let (fp, registered) = agent_in_dir(&dir, "dev", "agent-0", 30, false, true).unwrap();
@@ -265,10 +255,7 @@ mod tests {
         let list = whitelist::Whitelist::load(&dir.whitelist()).unwrap();
         assert_eq!(list.lookup(&fp).unwrap().cluster, "dev");
 
-        assert!(matches!(
-            agent_in_dir(&dir, "Dev", "agent-0", 30, false, true),
-            Err(CertError::Name(_))
-        ));
+        assert!(matches!(agent_in_dir(&dir, "Dev", "agent-0", 30, false, true), Err(CertError::Name(_))));
         issuer_in_dir(&dir, false).unwrap();
         assert!(files::load_text(&dir.issuer_pub(), "x").unwrap().contains("PUBLIC KEY"));
     }

@@ -86,10 +86,7 @@ pub enum FileError {
 /// directories.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: Mode) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)?;
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = parent.join(format!(".{file_name}.tmp-{}", std::process::id()));
@@ -134,11 +131,7 @@ pub fn save(path: &Path, bytes: &[u8], mode: Mode) -> Result<(), FileError> {
 }
 
 fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, FileError> {
-    std::fs::read(path).map_err(|source| FileError::Io {
-        path: path.to_owned(),
-        action: what,
-        source,
-    })
+    std::fs::read(path).map_err(|source| FileError::Io { path: path.to_owned(), action: what, source })
 }
 
 /// Loads every certificate of a PEM file (leaf first), refusing an empty file.
@@ -146,15 +139,9 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, FileError
     let pem = read(path, "cannot read certificate")?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| FileError::Pem {
-            path: path.to_owned(),
-            problem: format!("invalid certificate PEM: {e}"),
-        })?;
+        .map_err(|e| FileError::Pem { path: path.to_owned(), problem: format!("invalid certificate PEM: {e}") })?;
     if certs.is_empty() {
-        return Err(FileError::Pem {
-            path: path.to_owned(),
-            problem: "no CERTIFICATE block found".into(),
-        });
+        return Err(FileError::Pem { path: path.to_owned(), problem: "no CERTIFICATE block found".into() });
     }
     Ok(certs)
 }
@@ -162,19 +149,14 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, FileError
 /// Loads the first private key of a PEM file.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, FileError> {
     let pem = read(path, "cannot read private key")?;
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| FileError::Pem {
-        path: path.to_owned(),
-        problem: format!("no usable private key: {e}"),
-    })
+    PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|e| FileError::Pem { path: path.to_owned(), problem: format!("no usable private key: {e}") })
 }
 
 /// Loads a text file (PEM) whole.
 pub fn load_text(path: &Path, what: &'static str) -> Result<String, FileError> {
     let bytes = read(path, what)?;
-    String::from_utf8(bytes).map_err(|_| FileError::Pem {
-        path: path.to_owned(),
-        problem: "not UTF-8 text".into(),
-    })
+    String::from_utf8(bytes).map_err(|_| FileError::Pem { path: path.to_owned(), problem: "not UTF-8 text".into() })
 }
 
 #[cfg(test)]
@@ -190,10 +172,8 @@ mod tests {
         assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
         write_atomic(&key, b"again", Mode::Secret).unwrap();
         assert_eq!(std::fs::read(&key).unwrap(), b"again");
-        let names: Vec<_> = std::fs::read_dir(dir.path().join("sub"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> =
+            std::fs::read_dir(dir.path().join("sub")).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("k.key")]);
         assert!(matches!(refuse_overwrite(&[&key], false), Err(FileError::Exists(_))));
         assert!(refuse_overwrite(&[&key], true).is_ok());

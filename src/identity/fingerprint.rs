@@ -63,21 +63,12 @@ mod tests {
     #[test]
     fn known_digest() {
         let fp = Fingerprint::of_der(b"abc");
-        assert_eq!(
-            fp.to_string(),
-            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(fp.to_string(), "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
     #[test]
     fn refuses_near_misses() {
-        for bad in [
-            "",
-            "sha256:",
-            "sha1:00",
-            "ba7816bf",
-            &format!("sha256:{}", "g".repeat(64)),
-        ] {
+        for bad in ["", "sha256:", "sha1:00", "ba7816bf", &format!("sha256:{}", "g".repeat(64))] {
             assert!(bad.parse::<Fingerprint>().is_err(), "{bad}");
         }
     }

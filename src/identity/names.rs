@@ -20,17 +20,8 @@ pub fn validate(what: &'static str, name: &str) -> Result<(), InvalidName> {
         && bytes.len() <= 63
         && edge_ok(bytes.first())
         && edge_ok(bytes.last())
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(InvalidName {
-            what,
-            name: name.to_owned(),
-        })
-    }
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
+    if ok { Ok(()) } else { Err(InvalidName { what, name: name.to_owned() }) }
 }
 
 #[cfg(test)]

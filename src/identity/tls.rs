@@ -43,10 +43,9 @@ pub enum TlsError {
 pub fn roots(ca: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, TlsError> {
     let mut store = RootCertStore::empty();
     for cert in ca {
-        store.add(cert.clone()).map_err(|source| TlsError::Rustls {
-            what: "the CA certificate is not usable",
-            source,
-        })?;
+        store
+            .add(cert.clone())
+            .map_err(|source| TlsError::Rustls { what: "the CA certificate is not usable", source })?;
     }
     Ok(Arc::new(store))
 }
@@ -58,16 +57,12 @@ pub fn stub_quic(
     key: PrivateKeyDer<'static>,
     whitelist: WhitelistHandle,
 ) -> Result<ServerConfig, TlsError> {
-    let webpki = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider())
-        .build()
-        .map_err(TlsError::Verifier)?;
+    let webpki =
+        WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider()).build().map_err(TlsError::Verifier)?;
     let verifier = Arc::new(WhitelistVerifier::new(webpki, whitelist));
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|source| TlsError::Rustls {
-            what: "TLS 1.3 is not available",
-            source,
-        })?
+        .map_err(|source| TlsError::Rustls { what: "TLS 1.3 is not available", source })?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(|source| TlsError::Rustls {
@@ -87,10 +82,7 @@ pub fn agent_quic(
 ) -> Result<ClientConfig, TlsError> {
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|source| TlsError::Rustls {
-            what: "TLS 1.3 is not available",
-            source,
-        })?
+        .map_err(|source| TlsError::Rustls { what: "TLS 1.3 is not available", source })?
         .with_root_certificates(roots(ca)?)
         .with_client_auth_cert(chain, key)
         .map_err(|source| TlsError::Rustls {
@@ -105,10 +97,7 @@ pub fn agent_quic(
 pub fn front_door(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<ServerConfig, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|source| TlsError::Rustls {
-            what: "no TLS versions available",
-            source,
-        })?
+        .map_err(|source| TlsError::Rustls { what: "no TLS versions available", source })?
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .map_err(|source| TlsError::Rustls {

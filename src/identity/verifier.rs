@@ -49,9 +49,7 @@ impl ClientCertVerifier for WhitelistVerifier {
         if self.whitelist.get().lookup(&fingerprint).is_none() {
             tracing::warn!(%fingerprint, "refused agent: certificate is not in the whitelist");
             // Maps to the TLS alert access_denied, which the agent reports in plain words.
-            return Err(rustls::Error::InvalidCertificate(
-                CertificateError::ApplicationVerificationFailure,
-            ));
+            return Err(rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure));
         }
         Ok(ClientCertVerified::assertion())
     }

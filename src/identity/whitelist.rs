@@ -37,19 +37,10 @@ pub struct Whitelist {
 pub enum WhitelistError {
     /// A line is not `<cluster> <agent-name> sha256:<hex>`.
     #[error("{}:{line}: {problem}", path.display())]
-    Malformed {
-        path: PathBuf,
-        line: usize,
-        problem: String,
-    },
+    Malformed { path: PathBuf, line: usize, problem: String },
     /// The same fingerprint is listed twice.
     #[error("{}:{line}: fingerprint {fingerprint} is already listed on line {first_line}", path.display())]
-    Duplicate {
-        path: PathBuf,
-        line: usize,
-        first_line: usize,
-        fingerprint: Fingerprint,
-    },
+    Duplicate { path: PathBuf, line: usize, first_line: usize, fingerprint: Fingerprint },
     /// A registration conflicts with an existing entry.
     #[error("{}: fingerprint {} is already registered as {} {}; remove that line first", path.display(), existing.fingerprint, existing.cluster, existing.name)]
     Conflict { path: PathBuf, existing: Entry },
@@ -78,11 +69,7 @@ impl Whitelist {
         let mut lines_of = HashMap::new();
         for (index, raw) in text.lines().enumerate() {
             let line = index + 1;
-            let malformed = |problem: String| WhitelistError::Malformed {
-                path: path.to_owned(),
-                line,
-                problem,
-            };
+            let malformed = |problem: String| WhitelistError::Malformed { path: path.to_owned(), line, problem };
             let content = raw.split('#').next().unwrap_or("");
             let fields: Vec<&str> = content.split_whitespace().collect();
             match fields.as_slice() {
@@ -94,18 +81,9 @@ impl Whitelist {
                         .parse()
                         .map_err(|e: super::fingerprint::InvalidFingerprint| malformed(e.to_string()))?;
                     if let Some(first_line) = lines_of.insert(fingerprint, line) {
-                        return Err(WhitelistError::Duplicate {
-                            path: path.to_owned(),
-                            line,
-                            first_line,
-                            fingerprint,
-                        });
+                        return Err(WhitelistError::Duplicate { path: path.to_owned(), line, first_line, fingerprint });
                     }
-                    list.push(Entry {
-                        cluster: cluster.to_string(),
-                        name: name.to_string(),
-                        fingerprint,
-                    });
+                    list.push(Entry { cluster: cluster.to_string(), name: name.to_string(), fingerprint });
                 }
                 other => {
                     return Err(malformed(format!(
@@ -162,11 +140,7 @@ pub fn register(path: &Path, entry: &Entry) -> Result<Registered, WhitelistError
         Ok(text) => Some(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(source) => {
-            return Err(WhitelistError::Io {
-                path: path.to_owned(),
-                action: "cannot read the whitelist",
-                source,
-            });
+            return Err(WhitelistError::Io { path: path.to_owned(), action: "cannot read the whitelist", source });
         }
     };
     let text = existing.as_deref().unwrap_or(HEADER);
@@ -175,10 +149,7 @@ pub fn register(path: &Path, entry: &Entry) -> Result<Registered, WhitelistError
         if found == entry {
             return Ok(Registered::AlreadyPresent);
         }
-        return Err(WhitelistError::Conflict {
-            path: path.to_owned(),
-            existing: found.clone(),
-        });
+        return Err(WhitelistError::Conflict { path: path.to_owned(), existing: found.clone() });
     }
     let mut updated = text.to_owned();
     if !updated.is_empty() && !updated.ends_with('\n') {
@@ -204,11 +175,7 @@ mod tests {
 
     #[test]
     fn parses_entries_comments_and_blank_lines() {
-        let text = format!(
-            "# header\n\n dev\tagent-0  {}  # first\nprod agent-1 {}\n",
-            fp(0),
-            fp(1)
-        );
+        let text = format!("# header\n\n dev\tagent-0  {}  # first\nprod agent-1 {}\n", fp(0), fp(1));
         let list = Whitelist::parse(&text, Path::new("wl")).unwrap();
         assert_eq!(list.entries().len(), 2);
         assert_eq!(list.lookup(&fp(0)).unwrap().name, "agent-0");
@@ -220,19 +187,13 @@ mod tests {
     #[test]
     fn errors_name_the_file_and_line() {
         let text = format!("# ok\ndev agent-0 {}\ndev agent-1\n", fp(0));
-        let err = Whitelist::parse(&text, Path::new("certs/whitelist"))
-            .unwrap_err()
-            .to_string();
+        let err = Whitelist::parse(&text, Path::new("certs/whitelist")).unwrap_err().to_string();
         assert!(err.starts_with("certs/whitelist:3: expected"), "{err}");
 
-        let err = Whitelist::parse("dev agent-0 sha256:zz\n", Path::new("wl"))
-            .unwrap_err()
-            .to_string();
+        let err = Whitelist::parse("dev agent-0 sha256:zz\n", Path::new("wl")).unwrap_err().to_string();
         assert!(err.starts_with("wl:1: ") && err.contains("not a fingerprint"), "{err}");
 
-        let err = Whitelist::parse(&format!("Dev agent-0 {}\n", fp(0)), Path::new("wl"))
-            .unwrap_err()
-            .to_string();
+        let err = Whitelist::parse(&format!("Dev agent-0 {}\n", fp(0)), Path::new("wl")).unwrap_err().to_string();
         assert!(err.contains("wl:1: cluster \"Dev\""), "{err}");
 
         let text = format!("a x {}\nb y {}\n", fp(0), fp(0));
@@ -244,23 +205,12 @@ mod tests {
     fn register_adds_once_and_refuses_conflicts() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("whitelist");
-        let entry = Entry {
-            cluster: "dev".into(),
-            name: "agent-0".into(),
-            fingerprint: fp(0),
-        };
+        let entry = Entry { cluster: "dev".into(), name: "agent-0".into(), fingerprint: fp(0) };
         assert_eq!(register(&path, &entry).unwrap(), Registered::Added);
         assert_eq!(register(&path, &entry).unwrap(), Registered::AlreadyPresent);
-        let other = Entry {
-            cluster: "prod".into(),
-            ..entry.clone()
-        };
+        let other = Entry { cluster: "prod".into(), ..entry.clone() };
         assert!(matches!(register(&path, &other), Err(WhitelistError::Conflict { .. })));
-        let second = Entry {
-            name: "agent-1".into(),
-            fingerprint: fp(1),
-            ..entry.clone()
-        };
+        let second = Entry { name: "agent-1".into(), fingerprint: fp(1), ..entry.clone() };
         assert_eq!(register(&path, &second).unwrap(), Registered::Added);
         let list = Whitelist::load(&path).unwrap();
         assert_eq!(list.entries(), &[entry, second]);

@@ -35,10 +35,7 @@ pub async fn accept_loop(endpoint: Endpoint, state: Arc<StubState>, cancel: Canc
 
 /// The certificate fingerprint of a connected peer.
 fn peer_fingerprint(conn: &Connection) -> Option<Fingerprint> {
-    let certs = conn
-        .peer_identity()?
-        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-        .ok()?;
+    let certs = conn.peer_identity()?.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
     certs.first().map(|leaf| Fingerprint::of_der(leaf))
 }
 
@@ -115,10 +112,7 @@ async fn read_hello(conn: &Connection) -> Result<ControlStream, (AppCode, String
     if hello.protocol_version != PROTOCOL_VERSION {
         return Err((
             AppCode::VersionMismatch,
-            format!(
-                "agent speaks protocol {}, this stub speaks {PROTOCOL_VERSION}",
-                hello.protocol_version
-            ),
+            format!("agent speaks protocol {}, this stub speaks {PROTOCOL_VERSION}", hello.protocol_version),
         ));
     }
     Ok((send, recv, hello))
@@ -137,11 +131,7 @@ async fn watch_control(conn: &Connection, link: &AgentLink, control: &mut quinn:
                 link.set_draining();
             }
             Ok(other) => {
-                return close(
-                    conn,
-                    AppCode::ProtocolViolation,
-                    &format!("unexpected control frame {other:?}"),
-                );
+                return close(conn, AppCode::ProtocolViolation, &format!("unexpected control frame {other:?}"));
             }
             Err(WireError::Closed) => {
                 // The agent finished its control stream: it is leaving.

@@ -94,10 +94,7 @@ async fn forward(state: &StubState, req: Request<Incoming>, request_id: &str) ->
     };
     let link = in_flight.0.clone();
     tracing::debug!(connection = link.id, agent = %link.name, "routing");
-    let stream_err = |source| ForwardError::Stream {
-        cluster: cluster.clone(),
-        source,
-    };
+    let stream_err = |source| ForwardError::Stream { cluster: cluster.clone(), source };
 
     let head = RequestHead {
         request_id: request_id.to_owned(),
@@ -106,11 +103,8 @@ async fn forward(state: &StubState, req: Request<Incoming>, request_id: &str) ->
         headers: bridge::headers_to_wire(req.headers()),
         credential: None,
     };
-    let (mut send, mut recv) = link
-        .connection
-        .open_bi()
-        .await
-        .map_err(|e| stream_err(WireError::Io(std::io::Error::other(e))))?;
+    let (mut send, mut recv) =
+        link.connection.open_bi().await.map_err(|e| stream_err(WireError::Io(std::io::Error::other(e))))?;
     write_frame(&mut send, &head).await.map_err(stream_err)?;
 
     // The request body flows on its own task, so a large upload and the response overlap.

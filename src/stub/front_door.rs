@@ -21,18 +21,22 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// HTTP/2 streams per client connection; kubectl and informers multiplex watches on one.
 const MAX_H2_STREAMS: u32 = 1000;
+const H2_STREAM_WINDOW: u32 = 1024 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 
 fn http_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    // Windows sized on purpose rather than h2's 64 KiB start: with many concurrent uploads a
+    // small connection window makes clients trickle tiny DATA frames, which h2's flood guard
+    // answers with GOAWAY (ENHANCE_YOUR_CALM). They also bound what one client connection can
+    // have buffered in the stub while its agent is slow.
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_H2_STREAMS)
-        .adaptive_window(true);
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW);
     builder
 }
 
@@ -74,7 +78,7 @@ pub async fn serve(
             let service = service_fn(move |req| forward::handle(state.clone(), remote, req));
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%remote, error = %e, "front door connection ended with an error");
+                tracing::debug!(%remote, error = crate::bridge::error_chain(&*e), "front door connection ended with an error");
             }
         });
     }

@@ -72,17 +72,8 @@ impl Stub {
         let listener = TcpListener::bind(config.https_listen)
             .await
             .with_context(|| format!("binding the HTTPS listener on {}", config.https_listen))?;
-        let state = Arc::new(StubState {
-            registry: registry::Registry::default(),
-            whitelist,
-        });
-        Ok(Stub {
-            endpoint,
-            listener,
-            front_tls,
-            state,
-            grace: config.grace,
-        })
+        let state = Arc::new(StubState { registry: registry::Registry::default(), whitelist });
+        Ok(Stub { endpoint, listener, front_tls, state, grace: config.grace })
     }
 
     pub fn quic_addr(&self) -> std::io::Result<SocketAddr> {

@@ -26,9 +26,7 @@ pub enum RouteError {
 
 /// Splits `path` (and `query`) into cluster and upstream target.
 pub fn route<'a>(path: &'a str, query: Option<&str>) -> Result<Route<'a>, RouteError> {
-    let rest = path
-        .strip_prefix("/clusters/")
-        .ok_or_else(|| RouteError::NotClusterPath(path.to_owned()))?;
+    let rest = path.strip_prefix("/clusters/").ok_or_else(|| RouteError::NotClusterPath(path.to_owned()))?;
     let (cluster, tail) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -39,10 +37,7 @@ pub fn route<'a>(path: &'a str, query: Option<&str>) -> Result<Route<'a>, RouteE
         path_and_query.push('?');
         path_and_query.push_str(q);
     }
-    Ok(Route {
-        cluster,
-        path_and_query,
-    })
+    Ok(Route { cluster, path_and_query })
 }
 
 #[cfg(test)]
@@ -53,13 +48,7 @@ mod tests {
     #[test]
     fn strips_the_prefix_and_keeps_the_query() {
         let r = route("/clusters/dev/api/v1/pods", Some("watch=1&x=%2F")).unwrap();
-        assert_eq!(
-            r,
-            Route {
-                cluster: "dev",
-                path_and_query: "/api/v1/pods?watch=1&x=%2F".into()
-            }
-        );
+        assert_eq!(r, Route { cluster: "dev", path_and_query: "/api/v1/pods?watch=1&x=%2F".into() });
         assert_eq!(route("/clusters/dev", None).unwrap().path_and_query, "/");
         assert_eq!(route("/clusters/dev/", None).unwrap().path_and_query, "/");
     }
@@ -67,14 +56,9 @@ mod tests {
     #[test]
     fn refuses_other_paths_and_tricky_cluster_names() {
         assert!(matches!(route("/api/v1", None), Err(RouteError::NotClusterPath(_))));
-        for bad in [
-            "/clusters/",
-            "/clusters//x",
-            "/clusters/../b/x",
-            "/clusters/a%2Fb/x",
-            "/clusters/A/x",
-            "/clusters/./x",
-        ] {
+        for bad in
+            ["/clusters/", "/clusters//x", "/clusters/../b/x", "/clusters/a%2Fb/x", "/clusters/A/x", "/clusters/./x"]
+        {
             assert!(matches!(route(bad, None), Err(RouteError::BadCluster(_))), "{bad}");
         }
     }

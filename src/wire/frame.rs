@@ -124,9 +124,7 @@ pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameErr
     }
     let (msg, used) = bincode::serde::decode_from_slice(payload, codec()).map_err(FrameError::Malformed)?;
     if used != payload.len() {
-        return Err(FrameError::TrailingBytes {
-            extra: payload.len() - used,
-        });
+        return Err(FrameError::TrailingBytes { extra: payload.len() - used });
     }
     Ok(msg)
 }
@@ -161,15 +159,13 @@ mod tests {
             proptest::collection::vec(header(), 0..16),
             proptest::option::of("[ -~]{0,200}"),
         )
-            .prop_map(
-                |(request_id, method, path_and_query, headers, credential)| RequestHead {
-                    request_id,
-                    method,
-                    path_and_query,
-                    headers,
-                    credential,
-                },
-            )
+            .prop_map(|(request_id, method, path_and_query, headers, credential)| RequestHead {
+                request_id,
+                method,
+                path_and_query,
+                headers,
+                credential,
+            })
     }
 
     fn response_head() -> impl Strategy<Value = ResponseHead> {
@@ -252,10 +248,7 @@ mod tests {
             request_id: String::new(),
             method: "GET".into(),
             path_and_query: "/".into(),
-            headers: vec![Header {
-                name: "x-big".into(),
-                value: vec![b'a'; MAX_FRAME_LEN],
-            }],
+            headers: vec![Header { name: "x-big".into(), value: vec![b'a'; MAX_FRAME_LEN] }],
             credential: None,
         };
         assert!(matches!(encode(&head), Err(FrameError::TooLarge { .. })));
@@ -265,9 +258,6 @@ mod tests {
     fn trailing_bytes_inside_a_payload_are_refused() {
         let mut payload = encode(&Control::Drain).unwrap()[PREFIX_LEN..].to_vec();
         payload.push(0);
-        assert!(matches!(
-            decode_payload::<Control>(&payload),
-            Err(FrameError::TrailingBytes { extra: 1 })
-        ));
+        assert!(matches!(decode_payload::<Control>(&payload), Err(FrameError::TrailingBytes { extra: 1 })));
     }
 }

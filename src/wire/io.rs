@@ -53,9 +53,7 @@ where
     T: DeserializeOwned,
     R: AsyncRead + Unpin,
 {
-    tokio::time::timeout(limit, read_frame(reader))
-        .await
-        .map_err(|_| WireError::Timeout(limit))?
+    tokio::time::timeout(limit, read_frame(reader)).await.map_err(|_| WireError::Timeout(limit))?
 }
 
 async fn read_exact<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut [u8]) -> Result<(), WireError> {
@@ -84,10 +82,7 @@ mod tests {
     #[tokio::test]
     async fn frames_are_read_one_at_a_time_leaving_the_body() {
         let (mut a, mut b) = tokio::io::duplex(64);
-        let head = ResponseHead {
-            status: 200,
-            headers: vec![],
-        };
+        let head = ResponseHead { status: 200, headers: vec![] };
         let writer = tokio::spawn(async move {
             write_frame(&mut a, &head).await.unwrap();
             a.write_all(b"raw body").await.unwrap();
@@ -103,16 +98,10 @@ mod tests {
     #[tokio::test]
     async fn an_empty_stream_is_closed_and_a_cut_frame_is_truncated() {
         let mut empty: &[u8] = &[];
-        assert!(matches!(
-            read_frame::<Control, _>(&mut empty).await,
-            Err(WireError::Closed)
-        ));
+        assert!(matches!(read_frame::<Control, _>(&mut empty).await, Err(WireError::Closed)));
         let whole = frame::encode(&Control::Drain).unwrap();
         let mut cut: &[u8] = &whole[..whole.len() - 1];
-        assert!(matches!(
-            read_frame::<Control, _>(&mut cut).await,
-            Err(WireError::Truncated)
-        ));
+        assert!(matches!(read_frame::<Control, _>(&mut cut).await, Err(WireError::Truncated)));
     }
 
     #[tokio::test(start_paused = true)]

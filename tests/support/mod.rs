@@ -1,0 +1,246 @@
+//! Shared test support: certificate directories minted with rcgen, the real `tether` binary run
+//! as child processes on port 0, and an HTTPS client for the stub's front door. Nothing here
+//! sleeps to synchronise: processes are awaited through the lines they log.
+#![allow(dead_code)]
+
+pub mod upstream;
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tether::identity::certs::{self, Minted, Signer, Validity};
+use tether::identity::files::CertDir;
+use tether::identity::fingerprint::Fingerprint;
+use tether::identity::whitelist::{self, Entry};
+
+/// How long a test waits for a process to reach a state before it fails.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+pub fn tether_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tether")
+}
+
+/// A certificate directory of its own (CA, stub certificate for 127.0.0.1/localhost, whitelist).
+pub struct Pki {
+    _tmp: tempfile::TempDir,
+    pub dir: CertDir,
+    ca: Minted,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        tether::identity::tls::install_default_provider();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = CertDir::new(tmp.path());
+        let ca = certs::new_ca("test CA", Validity::days(1)).unwrap();
+        ca.save(&dir.ca_cert(), &dir.ca_key()).unwrap();
+        let stub = Signer::from_pem(&ca.cert_pem, &ca.key_pem)
+            .unwrap()
+            .issue_stub(&["localhost".into(), "127.0.0.1".into()], Validity::days(1))
+            .unwrap();
+        stub.save(&dir.stub_cert(), &dir.stub_key()).unwrap();
+        std::fs::write(dir.whitelist(), "# test whitelist\n").unwrap();
+        Pki { _tmp: tmp, dir, ca }
+    }
+
+    pub fn signer(&self) -> Signer {
+        Signer::from_pem(&self.ca.cert_pem, &self.ca.key_pem).unwrap()
+    }
+
+    /// An agent certificate signed by this CA, written to `agents/<cluster>/<name>.*`, registered.
+    pub fn agent(&self, cluster: &str, name: &str) -> Fingerprint {
+        let minted = self.signer().issue_agent(cluster, name, Validity::days(1)).unwrap();
+        self.install_agent(cluster, name, &minted, Some(cluster))
+    }
+
+    /// Writes `minted` as the certificate of `cluster/name`, and registers it for
+    /// `register_as` (a cluster), if given.
+    pub fn install_agent(&self, cluster: &str, name: &str, minted: &Minted, register_as: Option<&str>) -> Fingerprint {
+        minted.save(&self.dir.agent_cert(cluster, name), &self.dir.agent_key(cluster, name)).unwrap();
+        if let Some(registered_cluster) = register_as {
+            let entry =
+                Entry { cluster: registered_cluster.into(), name: name.into(), fingerprint: minted.fingerprint };
+            whitelist::register(&self.dir.whitelist(), &entry).unwrap();
+        }
+        minted.fingerprint
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.root()
+    }
+}
+
+/// A child process whose stderr lines are collected, killed (by its PID) when dropped.
+pub struct Proc {
+    pub child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    seen: tokio::sync::watch::Receiver<usize>,
+    name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, args: &[&str]) -> Proc {
+        let mut child = Command::new(tether_bin())
+            .args(args)
+            .env("TETHER_LOG", std::env::var("TETHER_TEST_LOG").unwrap_or_else(|_| "info,tether=debug".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tether");
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, seen) = tokio::sync::watch::channel(0);
+        let (sink, label) = (lines.clone(), name.to_owned());
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("TETHER_TEST_ECHO").is_some() {
+                    eprintln!("[{label}] {line}");
+                }
+                let mut all = sink.lock().unwrap();
+                all.push(line);
+                let _ = tx.send(all.len());
+            }
+        });
+        Proc { child, lines, seen, name: name.to_owned() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until a logged line contains `needle`; returns that line.
+    pub async fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(line) = self.lines.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            if tokio::time::timeout_at(deadline, self.seen.changed()).await.is_err() {
+                panic!("{}: no line containing {needle:?} within {PATIENCE:?}; log:\n{}", self.name, self.log());
+            }
+        }
+    }
+
+    /// Number of logged lines containing `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.lines.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    pub fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Peak resident memory of the process (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc status");
+        kb * 1024
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    let start = line.find(key).unwrap_or_else(|| panic!("{key} missing in {line:?}")) + key.len();
+    line[start..].split_whitespace().next().unwrap()
+}
+
+/// A running stub.
+pub struct StubProc {
+    pub proc: Proc,
+    /// `127.0.0.1:PORT` of the QUIC listener.
+    pub quic: String,
+    /// `https://127.0.0.1:PORT` of the front door.
+    pub url: String,
+}
+
+impl StubProc {
+    pub async fn start(pki: &Pki) -> StubProc {
+        let certs = pki.path().to_str().unwrap();
+        let args = ["stub", "--certs", certs, "--quic-listen", "127.0.0.1:0", "--https-listen", "127.0.0.1:0"];
+        let mut proc = Proc::spawn("stub", &args);
+        let line = proc.wait_for("stub listening").await;
+        let quic = field(&line, "quic=").to_owned();
+        let url = format!("https://{}", field(&line, "https="));
+        StubProc { proc, quic, url }
+    }
+}
+
+/// Starts an agent of `cluster/name` (certificate from `pki`) forwarding to `upstream`, with
+/// extra arguments; does not wait for anything.
+pub fn spawn_agent(pki: &Pki, stub: &StubProc, cluster: &str, name: &str, upstream: &str, extra: &[&str]) -> Proc {
+    let mut source = vec!["--upstream", upstream];
+    source.extend_from_slice(extra);
+    spawn_agent_with(pki, stub, cluster, name, &source)
+}
+
+/// Starts an agent of `cluster/name` whose upstream is given by `source` arguments (e.g.
+/// `--kubeconfig FILE`).
+pub fn spawn_agent_with(pki: &Pki, stub: &StubProc, cluster: &str, name: &str, source: &[&str]) -> Proc {
+    let stub_addr = format!("localhost:{}", stub.quic.rsplit(':').next().unwrap());
+    let mut args = vec!["agent", "--certs", pki.path().to_str().unwrap(), "--cluster", cluster, "--name", name];
+    args.extend_from_slice(&["--stub", &stub_addr]);
+    args.extend_from_slice(source);
+    Proc::spawn(&format!("agent {cluster}/{name}"), &args)
+}
+
+/// Starts an agent and waits until the stub has welcomed it.
+pub async fn start_agent(pki: &Pki, stub: &StubProc, cluster: &str, name: &str, upstream: &str) -> Proc {
+    let mut agent = spawn_agent(pki, stub, cluster, name, upstream, &[]);
+    agent.wait_for("connected to stub").await;
+    agent
+}
+
+pub type FrontClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, tether::bridge::Body>;
+
+/// An HTTPS client that trusts `pki`'s CA and speaks HTTP/2 (`h2`) or HTTP/1.1.
+pub fn front_client(pki: &Pki, h2: bool) -> FrontClient {
+    let roots =
+        tether::identity::tls::roots(&tether::identity::files::load_certs(&pki.dir.ca_cert()).unwrap()).unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(tether::identity::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only();
+    let connector = if h2 { builder.enable_http2().build() } else { builder.enable_http1().build() };
+    let mut client = Client::builder(TokioExecutor::new());
+    client.http2_only(h2);
+    client.build(connector)
+}
+
+/// Sends a request with a body and collects the whole response.
+pub async fn call(
+    client: &FrontClient,
+    method: &str,
+    url: &str,
+    body: impl Into<bytes::Bytes>,
+) -> (u16, http::HeaderMap, bytes::Bytes) {
+    let request = http::Request::builder().method(method).uri(url).body(tether::bridge::full(body.into())).unwrap();
+    let response = client.request(request).await.expect("front door answers");
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.expect("whole body").to_bytes();
+    (parts.status.as_u16(), parts.headers, bytes)
+}
+
+/// A temporary path for files a test writes.
+pub fn temp_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("tether-test-{}-{name}", std::process::id()))
+}
