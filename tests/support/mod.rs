@@ -3,6 +3,7 @@
 //! sleeps to synchronise: processes are awaited through the lines they log.
 #![allow(dead_code)]
 
+pub mod kube;
 pub mod upstream;
 
 use std::io::BufRead;
