@@ -60,31 +60,81 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
+/// Whether a request or response switches protocols (HTTP/1.1 `Upgrade`, as kubectl exec,
+/// attach and port-forward do with SPDY/3.1 or WebSocket).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(http::header::UPGRADE) && connection_tokens(headers).iter().any(|t| t == "upgrade")
+}
+
 /// The end-to-end headers of a message, for a wire head. `Host` is dropped too: the receiving
-/// side addresses its own upstream.
-pub fn headers_to_wire(headers: &HeaderMap) -> Vec<Header> {
+/// side addresses its own upstream. With `upgrade`, the `Upgrade` header crosses as well: the
+/// other side re-creates `Connection: Upgrade` around it.
+pub fn headers_to_wire(headers: &HeaderMap, upgrade: bool) -> Vec<Header> {
     let tokens = connection_tokens(headers);
     headers
         .iter()
-        .filter(|(name, _)| !is_hop_by_hop(name, &tokens) && *name != http::header::HOST)
+        .filter(|(name, _)| {
+            (upgrade && *name == http::header::UPGRADE)
+                || (!is_hop_by_hop(name, &tokens) && *name != http::header::HOST)
+        })
         .map(|(name, value)| Header { name: name.as_str().to_owned(), value: value.as_bytes().to_vec() })
         .collect()
 }
 
 /// Headers from a wire head. Invalid names or values and hop-by-hop headers are dropped: the
 /// peer built them from a valid message, so such a header is noise, never something to forward.
-pub fn headers_from_wire(headers: &[Header]) -> HeaderMap {
-    let mut map = HeaderMap::with_capacity(headers.len());
+/// With `upgrade`, `Upgrade` is kept and `Connection: Upgrade` added.
+pub fn headers_from_wire(headers: &[Header], upgrade: bool) -> HeaderMap {
+    let mut map = HeaderMap::with_capacity(headers.len() + 1);
     for h in headers {
         let (Ok(name), Ok(value)) = (HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_bytes(&h.value))
         else {
             continue;
         };
-        if !is_hop_by_hop(&name, &[]) && name != http::header::HOST {
+        let keep =
+            (upgrade && name == http::header::UPGRADE) || (!is_hop_by_hop(&name, &[]) && name != http::header::HOST);
+        if keep {
             map.append(name, value);
         }
     }
+    if upgrade && map.contains_key(http::header::UPGRADE) {
+        map.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
     map
+}
+
+/// After a `101 Switching Protocols`, the stream is a raw byte pipe: `io` (the upgraded HTTP
+/// connection) to `send` and `recv` to `io`. A clean end of one direction is passed on as a
+/// half-close; a failure of either aborts both, so neither side waits on a dead peer.
+pub async fn pipe<IO>(io: IO, mut send: SendStream, mut recv: RecvStream)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    let (mut from_io, mut to_io) = tokio::io::split(io);
+    let failed = {
+        let outbound = async {
+            match tokio::io::copy(&mut from_io, &mut send).await {
+                Ok(_) => send.finish().is_ok(),
+                Err(_) => false,
+            }
+        };
+        let inbound = async {
+            let copied = tokio::io::copy(&mut recv, &mut to_io).await;
+            copied.is_ok() && to_io.shutdown().await.is_ok()
+        };
+        let mut outbound = std::pin::pin!(outbound);
+        let mut inbound = std::pin::pin!(inbound);
+        // Run both; the first failure ends the pipe.
+        tokio::select! {
+            ok = &mut outbound => !ok || !inbound.await,
+            ok = &mut inbound => !ok || !outbound.await,
+        }
+    };
+    if failed {
+        let _ = send.reset(AppCode::Cancelled.varint());
+        let _ = recv.stop(AppCode::Cancelled.varint());
+    }
 }
 
 /// An error and its sources, `outer: inner: root`, for messages a person reads.
@@ -186,11 +236,27 @@ mod tests {
         h.insert("accept", "application/json".parse().unwrap());
         h.append("x-multi", "a".parse().unwrap());
         h.append("x-multi", "b".parse().unwrap());
-        let wire = headers_to_wire(&h);
+        let wire = headers_to_wire(&h, false);
         let names: Vec<&str> = wire.iter().map(|h| h.name.as_str()).collect();
         assert_eq!(names, ["accept", "x-multi", "x-multi"]);
-        let back = headers_from_wire(&wire);
+        let back = headers_from_wire(&wire, false);
         assert_eq!(back.get_all("x-multi").iter().count(), 2);
+    }
+
+    #[test]
+    fn upgrades_keep_their_upgrade_header_only_when_asked() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "Upgrade".parse().unwrap());
+        h.insert("upgrade", "SPDY/3.1".parse().unwrap());
+        h.insert("x-stream-protocol-version", "v4.channel.k8s.io".parse().unwrap());
+        assert!(is_upgrade(&h));
+        assert!(!headers_to_wire(&h, false).iter().any(|h| h.name == "upgrade"));
+        let back = headers_from_wire(&headers_to_wire(&h, true), true);
+        assert_eq!(back["upgrade"], "SPDY/3.1");
+        assert_eq!(back["connection"], "upgrade");
+        assert_eq!(back["x-stream-protocol-version"], "v4.channel.k8s.io");
+        h.remove("connection");
+        assert!(!is_upgrade(&h), "Upgrade without Connection: upgrade is not an upgrade");
     }
 
     #[test]
@@ -201,7 +267,7 @@ mod tests {
             Header { name: "x-bad-value".into(), value: b"a\nb".to_vec() },
             Header { name: "Transfer-Encoding".into(), value: b"chunked".to_vec() },
         ];
-        let map = headers_from_wire(&wire);
+        let map = headers_from_wire(&wire, false);
         assert_eq!(map.len(), 1);
         assert_eq!(map["x-ok"], "fine");
     }

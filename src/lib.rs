@@ -10,6 +10,7 @@
 //! - [`wire`]: the protocol between agent and stub (frames, stream I/O, error codes).
 //! - [`identity`]: CA and certificates, fingerprints, the whitelist, TLS configurations.
 //! - [`quic`]: QUIC endpoints and transport tuning.
+//! - [`kubeconfig`]: the kubeconfig a user gets to reach a cluster through the stub.
 //! - [`bridge`]: HTTP messages to and from QUIC streams (headers, streaming bodies).
 //! - [`stub`]: the hub side (agent listener, registry, HTTPS front door, forwarding).
 //! - [`agent`]: the cluster side (dial loop, session, forwarding to the API server).
@@ -19,6 +20,7 @@
 pub mod agent;
 pub mod bridge;
 pub mod identity;
+pub mod kubeconfig;
 pub mod quic;
 pub mod shutdown;
 pub mod status;

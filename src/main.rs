@@ -11,8 +11,11 @@ use tether::agent::{self, AgentConfig, upstream::UpstreamSource};
 use tether::identity::certs;
 use tether::identity::files::CertDir;
 use tether::identity::tls;
+use tether::identity::token::{Claims, Confirmation, TokenIssuer};
 use tether::identity::whitelist::Registered;
+use tether::kubeconfig::UserKubeconfig;
 use tether::quic::Tuning;
+use tether::stub::audit::AuditTarget;
 use tether::stub::{Stub, StubConfig};
 
 /// A QUIC reverse tunnel from a hub to the Kubernetes API servers of clusters it cannot dial.
@@ -32,6 +35,51 @@ enum Command {
     Stub(StubArgs),
     /// Run the cluster side: dial the stub and forward its requests to the API server.
     Agent(Box<AgentArgs>),
+    /// Print a token for a user or service (signed with the issuer key).
+    Token(TokenArgs),
+    /// Print a kubeconfig that points kubectl at one cluster through the stub.
+    Kubeconfig(KubeconfigArgs),
+}
+
+#[derive(Args)]
+struct IdentityArgs {
+    /// Certificate directory holding issuer.key (only the console, which mints tokens, needs it).
+    #[arg(long, env = "TETHER_CERTS", default_value = "certs")]
+    certs: PathBuf,
+    /// The user name the API server will see.
+    #[arg(long)]
+    user: String,
+    /// A group of the user (repeatable).
+    #[arg(long = "group")]
+    groups: Vec<String>,
+    /// How long the token is valid (e.g. 1h, 30m, 7d).
+    #[arg(long, default_value = "12h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// Bind the token to this client certificate (RFC 8705): the stub then accepts it only on a
+    /// connection that presents that certificate.
+    #[arg(long)]
+    bind_cert: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    #[command(flatten)]
+    identity: IdentityArgs,
+    /// A cluster the caller may reach (repeatable).
+    #[arg(long = "cluster", required = true)]
+    clusters: Vec<String>,
+}
+
+#[derive(Args)]
+struct KubeconfigArgs {
+    #[command(flatten)]
+    identity: IdentityArgs,
+    /// The stub's front door, https://HOST:PORT.
+    #[arg(long, env = "TETHER_STUB_URL")]
+    stub: String,
+    /// The cluster this kubeconfig reaches.
+    #[arg(long)]
+    cluster: String,
 }
 
 #[derive(Subcommand)]
@@ -118,6 +166,12 @@ struct StubArgs {
     /// How long open requests may take to finish on shutdown.
     #[arg(long, env = "TETHER_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     grace: Duration,
+    /// The token issuer's public key (default: CERTS/issuer.pub).
+    #[arg(long, env = "TETHER_ISSUER_PUB")]
+    issuer_pub: Option<PathBuf>,
+    /// Audit log: a file to append one JSON line per request to, `-` for stdout, `off` for none.
+    #[arg(long, env = "TETHER_AUDIT_LOG", default_value = "-")]
+    audit_log: AuditTarget,
     #[command(flatten)]
     quic: QuicArgs,
 }
@@ -146,6 +200,9 @@ struct AgentArgs {
     /// CA that signed the stub's certificate (default: CERTS/ca.crt).
     #[arg(long, env = "TETHER_CA")]
     ca: Option<PathBuf>,
+    /// The token issuer's public key, to verify callers again (default: CERTS/issuer.pub).
+    #[arg(long, env = "TETHER_ISSUER_PUB")]
+    issuer_pub: Option<PathBuf>,
     /// The API server (or any HTTP(S) server) to forward to.
     #[arg(long, env = "TETHER_UPSTREAM", conflicts_with = "kubeconfig", required_unless_present = "kubeconfig")]
     upstream: Option<String>,
@@ -208,8 +265,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Certs(c) => run_certs(c),
         Command::Stub(args) => {
+            let dir = CertDir::new(args.certs);
             let config = StubConfig {
-                certs: CertDir::new(args.certs),
+                issuer_pub: args.issuer_pub.unwrap_or_else(|| dir.issuer_pub()),
+                audit: args.audit_log,
+                certs: dir,
                 quic_listen: args.quic_listen,
                 https_listen: args.https_listen,
                 tuning: Tuning { idle_timeout: args.quic.idle_timeout, ..Tuning::default() },
@@ -230,6 +290,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 cert: args.cert.unwrap_or_else(|| dir.agent_cert(&args.cluster, &args.name)),
                 key: args.key.unwrap_or_else(|| dir.agent_key(&args.cluster, &args.name)),
                 ca: args.ca.unwrap_or_else(|| dir.ca_cert()),
+                issuer_pub: args.issuer_pub.unwrap_or_else(|| dir.issuer_pub()),
                 cluster: args.cluster,
                 name: args.name,
                 stub: args.stub,
@@ -242,7 +303,39 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             agent::run(config, tether::shutdown::signal()).await
         }
+        Command::Token(args) => {
+            for cluster in &args.clusters {
+                tether::identity::names::validate("cluster", cluster)?;
+            }
+            println!("{}", mint_token(&args.identity, &args.clusters)?);
+            Ok(())
+        }
+        Command::Kubeconfig(args) => {
+            tether::identity::names::validate("cluster", &args.cluster)?;
+            let token = mint_token(&args.identity, std::slice::from_ref(&args.cluster))?;
+            let ca_path = CertDir::new(&args.identity.certs).ca_cert();
+            let ca_pem = tether::identity::files::load_text(&ca_path, "cannot read the CA certificate")?;
+            let kubeconfig = UserKubeconfig {
+                stub_url: &args.stub,
+                cluster: &args.cluster,
+                user: &args.identity.user,
+                ca_pem: &ca_pem,
+                token: &token,
+            };
+            print!("{}", kubeconfig.render());
+            Ok(())
+        }
     }
+}
+
+fn mint_token(identity: &IdentityArgs, clusters: &[String]) -> anyhow::Result<String> {
+    let dir = CertDir::new(&identity.certs);
+    let issuer = TokenIssuer::load(&dir.issuer_key())?;
+    let mut claims = Claims::new(&identity.user, &identity.groups, clusters, identity.ttl);
+    if let Some(cert) = &identity.bind_cert {
+        claims.cnf = Some(Confirmation::for_certificate(&certs::fingerprint_of_file(cert)?));
+    }
+    Ok(issuer.sign(&claims))
 }
 
 fn run_certs(command: CertsCommand) -> anyhow::Result<()> {

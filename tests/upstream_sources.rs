@@ -1,6 +1,7 @@
 //! How the agent reaches its API server: from a kubeconfig (address, CA and credential through
 //! the `kube` crate) or from `--upstream URL` with `--upstream-ca`. In both, the upstream sees
-//! the agent's credential and never the caller's `Authorization` or `Impersonate-*` headers.
+//! the agent's credential and never the caller's `Authorization` (its tether token) or
+//! `Impersonate-*` headers.
 
 mod support;
 
@@ -25,7 +26,6 @@ async fn echo_with_caller_identity(pki: &Pki, stub: &StubProc, cluster: &str) ->
     let request = http::Request::builder()
         .method("GET")
         .uri(format!("{}/clusters/{cluster}/echo", stub.url))
-        .header("authorization", "Bearer caller-token")
         .header("Impersonate-User", "system:admin")
         .header("IMPERSONATE-GROUP", "system:masters")
         .body(tether::bridge::empty())
@@ -71,7 +71,10 @@ current-context: ctx
     agent.wait_for("connected to stub").await;
     let headers = echo_with_caller_identity(&pki, &stub, "dev").await;
     assert_eq!(headers["x-authorization-seen"], "Bearer agent-s3cret", "the agent's credential, not the caller's");
-    assert_eq!(headers["x-impersonation-seen"], "", "no caller-chosen impersonation reaches the upstream");
+    assert_eq!(
+        headers["x-impersonation-seen"], "impersonate-user=tester,impersonate-group=testers",
+        "the token's identity, never the caller's own impersonation headers"
+    );
 }
 
 #[tokio::test]
@@ -87,7 +90,7 @@ async fn an_https_upstream_url_is_verified_against_its_ca() {
     trusting.wait_for("connected to stub").await;
     let headers = echo_with_caller_identity(&pki, &stub, "dev").await;
     assert_eq!(headers["x-authorization-seen"], "", "no credential configured, and the caller's is dropped");
-    assert_eq!(headers["x-impersonation-seen"], "");
+    assert_eq!(headers["x-impersonation-seen"], "impersonate-user=tester,impersonate-group=testers");
 
     // Without the cluster's CA the agent refuses the upstream's certificate: 502, nothing sent.
     let before = upstream.requests();

@@ -1,16 +1,21 @@
-//! One request stream on the agent: read the head, send the request to the API server with the
-//! body streaming from the stream, then write the response head and stream the body back. The
-//! stub stopping the stream (its caller went away) aborts the upstream request; an upstream that
-//! fails before answering becomes a 502 Status, one that fails mid-body resets the stream.
+//! One request stream on the agent: read the head, verify the caller's token again (defense in
+//! depth: a compromised stub cannot invent callers), send the request to the API server as the
+//! agent itself impersonating the caller, with the body streaming from the stream; then write the
+//! response head and stream the body back, or after a `101` pipe raw bytes both ways.
+//!
+//! The stub stopping the stream (its caller went away) aborts the upstream request; an upstream
+//! that fails before answering becomes a 502 Status, one that fails mid-body resets the stream.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, StatusCode};
+use http::{HeaderValue, Request, StatusCode};
 use quinn::{RecvStream, SendStream};
 use tracing::Instrument;
 
 use super::upstream::Upstream;
 use crate::bridge::{self, PumpError};
+use crate::identity::token::{self, Claims, TokenVerifier};
 use crate::status;
 use crate::wire::codes::AppCode;
 use crate::wire::frame::{Header, RequestHead, ResponseHead};
@@ -19,8 +24,17 @@ use crate::wire::io::{WireError, read_frame_within, write_frame};
 /// The stub writes the head right after opening the stream; a stream without one is broken.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What every request stream of this agent needs.
+#[derive(Debug)]
+pub struct Forwarder {
+    pub upstream: Upstream,
+    pub tokens: TokenVerifier,
+    /// This agent's cluster: a token must name it.
+    pub cluster: String,
+}
+
 /// Serves one stream opened by the stub.
-pub async fn serve_stream(upstream: Upstream, mut send: SendStream, mut recv: RecvStream) {
+pub async fn serve_stream(forwarder: Arc<Forwarder>, mut send: SendStream, mut recv: RecvStream) {
     let head: RequestHead = match read_frame_within(&mut recv, HEAD_TIMEOUT).await {
         Ok(head) => head,
         Err(e) => {
@@ -30,19 +44,36 @@ pub async fn serve_stream(upstream: Upstream, mut send: SendStream, mut recv: Re
             return;
         }
     };
-    let span =
-        tracing::info_span!("request", id = %head.request_id, method = %head.method, path = %head.path_and_query);
-    forward(upstream, head, send, recv).instrument(span).await
+    let span = tracing::info_span!(
+        "request", id = %head.request_id, method = %head.method, path = %head.path_and_query, user = tracing::field::Empty
+    );
+    async move {
+        let claims = match authenticate(&forwarder, &head) {
+            Ok(claims) => claims,
+            Err((code, message)) => {
+                tracing::warn!(status = code.as_u16(), "refused: {message}");
+                return respond_error(&mut send, code, &message).await;
+            }
+        };
+        tracing::Span::current().record("user", claims.sub.as_str());
+        forward(&forwarder.upstream, &claims, head, send, recv).await
+    }
+    .instrument(span)
+    .await
 }
 
-fn build_request(head: &RequestHead, recv: RecvStream) -> Result<Request<bridge::Body>, http::Error> {
-    let mut request = Request::builder()
-        .method(head.method.as_str())
-        .uri(head.path_and_query.as_str())
-        .body(bridge::recv_body(recv, ()))?;
-    *request.headers_mut() = bridge::headers_from_wire(&head.headers);
-    scrub_caller_identity(request.headers_mut());
-    Ok(request)
+/// The caller's verified identity, or the status and message to refuse it with.
+fn authenticate(forwarder: &Forwarder, head: &RequestHead) -> Result<Claims, (StatusCode, String)> {
+    let token = head.credential.as_deref().ok_or((StatusCode::UNAUTHORIZED, "no caller credential".to_owned()))?;
+    let claims = forwarder
+        .tokens
+        .verify(token, token::unix_now())
+        .map_err(|e| (StatusCode::UNAUTHORIZED, format!("the agent refused the caller's token: {e}")))?;
+    if !claims.allows_cluster(&forwarder.cluster) {
+        let message = format!("user {:?} may not reach cluster {:?}", claims.sub, forwarder.cluster);
+        return Err((StatusCode::FORBIDDEN, message));
+    }
+    Ok(claims)
 }
 
 /// Removes every header by which a caller could speak for someone at the API server: its own
@@ -60,11 +91,36 @@ pub fn scrub_caller_identity(headers: &mut http::HeaderMap) {
     }
 }
 
-async fn forward(upstream: Upstream, head: RequestHead, mut send: SendStream, recv: RecvStream) {
-    let request = match build_request(&head, recv) {
+/// Sets `Impersonate-User` and one `Impersonate-Group` per group from verified claims. A value
+/// that cannot be a header refuses the request rather than impersonating someone else.
+pub fn impersonate(headers: &mut http::HeaderMap, claims: &Claims) -> Result<(), http::header::InvalidHeaderValue> {
+    scrub_caller_identity(headers);
+    headers.insert("impersonate-user", HeaderValue::from_str(&claims.sub)?);
+    for group in &claims.groups {
+        headers.append("impersonate-group", HeaderValue::from_str(group)?);
+    }
+    Ok(())
+}
+
+async fn forward(upstream: &Upstream, claims: &Claims, head: RequestHead, mut send: SendStream, recv: RecvStream) {
+    let mut headers = bridge::headers_from_wire(&head.headers, true);
+    let upgrade = bridge::is_upgrade(&headers);
+    if !upgrade {
+        headers = bridge::headers_from_wire(&head.headers, false);
+    }
+    if impersonate(&mut headers, claims).is_err() {
+        return respond_error(&mut send, StatusCode::BAD_REQUEST, "user or group name is not a valid header value")
+            .await;
+    }
+    // An upgrade request has no body: the stream is kept for the pipe after 101.
+    let (body, kept_recv) = if upgrade { (bridge::empty(), Some(recv)) } else { (bridge::recv_body(recv, ()), None) };
+    let mut request = match Request::builder().method(head.method.as_str()).uri(head.path_and_query.as_str()).body(body)
+    {
         Ok(r) => r,
         Err(e) => return respond_error(&mut send, StatusCode::BAD_REQUEST, &format!("invalid request: {e}")).await,
     };
+    *request.headers_mut() = headers;
+
     // `stopped` completes when the stub stops the stream because its caller went away: that is
     // how a cancellation reaches an upstream request that is waiting for its answer or for its
     // next body chunk (a quiet watch). A cancellation signal, not a wait for acknowledgements.
@@ -73,20 +129,34 @@ async fn forward(upstream: Upstream, head: RequestHead, mut send: SendStream, re
         response = upstream.send(request) => response,
         _ = &mut stopped => return tracing::debug!("stub cancelled the request before the upstream answered"),
     };
-    let response = match response {
+    let mut response = match response {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!(
-                error = crate::bridge::error_chain(&*e),
-                upstream = upstream.url(),
-                "upstream request failed"
-            );
-            let message = format!("the agent could not reach its API server: {}", crate::bridge::error_chain(&*e));
+            let chain = bridge::error_chain(&*e);
+            tracing::warn!(error = chain, upstream = upstream.url(), "upstream request failed");
+            let message = format!("the agent could not reach its API server: {chain}");
             return respond_error(&mut send, StatusCode::BAD_GATEWAY, &message).await;
         }
     };
+
+    if let (Some(recv), StatusCode::SWITCHING_PROTOCOLS) = (kept_recv, response.status()) {
+        let on_upgrade = hyper::upgrade::on(&mut response);
+        let head = ResponseHead { status: 101, headers: bridge::headers_to_wire(response.headers(), true) };
+        if let Err(e) = write_frame(&mut send, &head).await {
+            return tracing::debug!(error = %e, "stub went away before the 101");
+        }
+        match on_upgrade.await {
+            Ok(upgraded) => bridge::pipe(hyper_util::rt::TokioIo::new(upgraded), send, recv).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "upstream upgrade failed");
+                let _ = send.reset(AppCode::UpstreamFailed.varint());
+            }
+        }
+        return tracing::debug!("upgraded stream closed");
+    }
+
     let (parts, body) = response.into_parts();
-    let head = ResponseHead { status: parts.status.as_u16(), headers: bridge::headers_to_wire(&parts.headers) };
+    let head = ResponseHead { status: parts.status.as_u16(), headers: bridge::headers_to_wire(&parts.headers, false) };
     if let Err(e) = write_frame(&mut send, &head).await {
         return tracing::debug!(error = %e, "stub went away before the response head");
     }
@@ -122,6 +192,7 @@ async fn respond_error(send: &mut SendStream, code: StatusCode, message: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn caller_identity_headers_never_survive() {
@@ -129,8 +200,22 @@ mod tests {
             .iter()
             .map(|name| Header { name: name.to_string(), value: b"x".to_vec() })
             .collect::<Vec<_>>();
-        let mut headers = bridge::headers_from_wire(&wire);
+        let mut headers = bridge::headers_from_wire(&wire, false);
         scrub_caller_identity(&mut headers);
         assert_eq!(headers.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["accept"]);
+    }
+
+    #[test]
+    fn impersonation_comes_from_the_claims_only() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("impersonate-user", "system:admin".parse().unwrap());
+        headers.insert("impersonate-group", "system:masters".parse().unwrap());
+        let claims = Claims::new("alice", &["devs".into(), "ops".into()], &["dev".into()], Duration::from_secs(60));
+        impersonate(&mut headers, &claims).unwrap();
+        assert_eq!(headers["impersonate-user"], "alice");
+        let groups: Vec<_> = headers.get_all("impersonate-group").iter().collect();
+        assert_eq!(groups, ["devs", "ops"]);
+        let bad = Claims::new("eve\n", &[], &["dev".into()], Duration::from_secs(60));
+        assert!(impersonate(&mut headers, &bad).is_err());
     }
 }

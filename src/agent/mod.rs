@@ -21,9 +21,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::identity::files;
 use crate::identity::tls;
+use crate::identity::token::TokenVerifier;
 use crate::quic::{self, Tuning};
 use backoff::Backoff;
+use forward::Forwarder;
 use session::SessionEnd;
+use std::sync::Arc;
 use upstream::{Upstream, UpstreamSource};
 
 /// What `tether agent` needs.
@@ -36,6 +39,8 @@ pub struct AgentConfig {
     /// Name the stub's certificate must carry; defaults to the host part of `stub`.
     pub server_name: Option<String>,
     pub ca: PathBuf,
+    /// The token issuer's public key: the agent verifies every caller again.
+    pub issuer_pub: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
     pub upstream: UpstreamSource,
@@ -62,6 +67,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     let key = files::load_key(&config.key)?;
     let tls_config = tls::agent_quic(&ca, chain, key)?;
     let upstream = Upstream::new(&config.upstream).await?;
+    let tokens = TokenVerifier::load(&config.issuer_pub)?;
     let bind: SocketAddr = "[::]:0".parse().expect("valid address");
     let (endpoint, client_config) = match quic::client_endpoint(bind, tls_config.clone(), &config.tuning) {
         Ok(x) => x,
@@ -70,7 +76,6 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
             .context("binding the agent's UDP socket")?,
     };
     let server_name = config.server_name.clone().unwrap_or_else(|| host_of(&config.stub).to_owned());
-    tracing::info!(cluster = %config.cluster, name = %config.name, stub = %config.stub, upstream = upstream.url(), "agent starting");
 
     let cancel = CancellationToken::new();
     let on_shutdown = cancel.clone();
@@ -78,11 +83,13 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         shutdown.await;
         on_shutdown.cancel();
     });
+    tracing::info!(cluster = %config.cluster, name = %config.name, stub = %config.stub, upstream = upstream.url(), "agent starting");
+    let forwarder = Arc::new(Forwarder { upstream, tokens, cluster: config.cluster.clone() });
     let mut backoff = Backoff::new(config.backoff_min, config.backoff_max);
     while !cancel.is_cancelled() {
         let started = Instant::now();
         let end = match dial(&endpoint, &client_config, &config.stub, &server_name).await {
-            Ok(conn) => session::run(conn, &config, &upstream, &cancel).await,
+            Ok(conn) => session::run(conn, &config, &forwarder, &cancel).await,
             Err(reason) => SessionEnd::Lost { welcomed: false, reason },
         };
         let SessionEnd::Lost { welcomed, reason } = end else {

@@ -9,8 +9,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::AgentConfig;
+use super::forward::Forwarder;
 use super::forward::serve_stream;
-use super::upstream::Upstream;
 use crate::wire::PROTOCOL_VERSION;
 use crate::wire::codes::AppCode;
 use crate::wire::frame::{Control, Hello};
@@ -31,7 +31,7 @@ pub enum SessionEnd {
 pub async fn run(
     conn: quinn::Connection,
     config: &AgentConfig,
-    upstream: &Upstream,
+    forwarder: &std::sync::Arc<Forwarder>,
     shutdown: &CancellationToken,
 ) -> SessionEnd {
     let lost = |welcomed, reason: String| SessionEnd::Lost { welcomed, reason };
@@ -68,7 +68,7 @@ pub async fn run(
         };
         match accepted {
             Ok((send, recv)) => {
-                streams.spawn(serve_stream(upstream.clone(), send, recv));
+                streams.spawn(serve_stream(forwarder.clone(), send, recv));
             }
             Err(e) => break lost(true, explain(&e)),
         }

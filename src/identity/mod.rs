@@ -8,11 +8,13 @@
 //! - [`certs`]: minting the CA, stub and agent certificates and the issuer key pair (rcgen).
 //! - [`verifier`]: the rustls client-certificate verifier that checks chain *and* whitelist.
 //! - [`tls`]: rustls configurations for the QUIC listener, the agent and the front door.
+//! - [`token`]: user and service tokens (JWT, EdDSA) and their verification.
 
 pub mod certs;
 pub mod files;
 pub mod fingerprint;
 pub mod names;
 pub mod tls;
+pub mod token;
 pub mod verifier;
 pub mod whitelist;

@@ -93,12 +93,22 @@ pub fn agent_quic(
     Ok(config)
 }
 
-/// The front door's TLS for users and services: HTTP/2 and HTTP/1.1 by ALPN.
-pub fn front_door(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<ServerConfig, TlsError> {
+/// The front door's TLS for users and services: HTTP/2 and HTTP/1.1 by ALPN. A client
+/// certificate is optional (users bring tokens); if one is presented it must chain to the tether
+/// CA, and a token bound to it (RFC 8705) is then accepted on that connection.
+pub fn front_door(
+    ca: &[CertificateDer<'static>],
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<ServerConfig, TlsError> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(TlsError::Verifier)?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|source| TlsError::Rustls { what: "no TLS versions available", source })?
-        .with_no_client_auth()
+        .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(|source| TlsError::Rustls {
             what: "the stub certificate and key do not form a usable pair",

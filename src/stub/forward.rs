@@ -1,21 +1,27 @@
-//! One front-door request, end to end on the stub: route it to a cluster, pick that cluster's
-//! least busy agent connection, open a stream, send the head and stream the body; then turn the
-//! agent's response head and body back into the HTTP response. The caller going away resets the
-//! stream, which the agent turns into an aborted upstream request.
+//! One front-door request, end to end on the stub: route it to a cluster, authenticate the
+//! caller's token and check that it may reach that cluster, pick the cluster's least busy agent
+//! connection, open a stream, send the head (with the token as the credential the agent checks
+//! again) and stream the body; then turn the agent's response back into the HTTP response, or
+//! after a `101` into a raw byte pipe. The caller going away resets the stream, which the agent
+//! turns into an aborted upstream request. Every request leaves one audit line.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use quinn::SendStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::StubState;
+use super::audit::Pending;
 use super::route::{self, RouteError};
 use crate::bridge::{self, Body, PumpError};
+use crate::identity::fingerprint::Fingerprint;
+use crate::identity::token::{self, TokenError};
 use crate::status;
 use crate::wire::codes::AppCode;
 use crate::wire::frame::{RequestHead, ResponseHead};
@@ -24,11 +30,29 @@ use crate::wire::io::{WireError, read_frame, write_frame};
 /// Response header carrying the request id, so one request can be followed in both ends' logs.
 pub const REQUEST_ID_HEADER: &str = "x-tether-request-id";
 
+/// The front-door connection a request came on.
+#[derive(Debug)]
+pub struct Caller {
+    pub remote: SocketAddr,
+    /// Fingerprint of the client certificate the connection presented, if any (service callers).
+    pub certificate: Option<Fingerprint>,
+}
+
 /// Why a request got no response from an agent.
 #[derive(Debug, thiserror::Error)]
 enum ForwardError {
     #[error(transparent)]
     Route(#[from] RouteError),
+    #[error(
+        "no bearer token: send `Authorization: Bearer <token>` (get one with `tether token` or `tether kubeconfig`)"
+    )]
+    NoToken,
+    #[error("{0}")]
+    BadToken(#[from] TokenError),
+    #[error("the token is bound to a client certificate that this connection did not present")]
+    CertificateBinding,
+    #[error("user {user:?} may not reach cluster {cluster:?} through tether")]
+    ClusterNotAllowed { user: String, cluster: String },
     #[error("cluster {0:?} is not registered with this stub")]
     UnknownCluster(String),
     #[error("no agent of cluster {0:?} is connected")]
@@ -46,6 +70,10 @@ impl ForwardError {
         match self {
             ForwardError::Route(RouteError::NotClusterPath(_)) => StatusCode::NOT_FOUND,
             ForwardError::Route(RouteError::BadCluster(_)) => StatusCode::BAD_REQUEST,
+            ForwardError::NoToken | ForwardError::BadToken(_) | ForwardError::CertificateBinding => {
+                StatusCode::UNAUTHORIZED
+            }
+            ForwardError::ClusterNotAllowed { .. } => StatusCode::FORBIDDEN,
             ForwardError::UnknownCluster(_) | ForwardError::NoAgent(_) => StatusCode::SERVICE_UNAVAILABLE,
             ForwardError::Stream { .. } => StatusCode::BAD_GATEWAY,
         }
@@ -56,17 +84,25 @@ fn new_request_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
+/// The Kubernetes-style verb, for the audit log: a GET with `watch=true` is a watch.
+fn verb(req: &Request<Incoming>) -> String {
+    let watch = req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
+    if watch { "watch".into() } else { req.method().as_str().to_ascii_lowercase() }
+}
+
 /// The hyper service of the front door.
 pub async fn handle(
     state: Arc<StubState>,
-    remote: SocketAddr,
+    caller: Arc<Caller>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let request_id = new_request_id();
-    let span =
-        tracing::info_span!("request", id = %request_id, method = %req.method(), path = %req.uri().path(), %remote);
-    let mut response = async {
-        match forward(&state, req, &request_id).await {
+    let mut audit = Pending::new(state.audit.clone(), &request_id, &verb(&req), req.uri().path());
+    let span = tracing::info_span!(
+        "request", id = %request_id, method = %req.method(), path = %req.uri().path(), remote = %caller.remote, user = tracing::field::Empty
+    );
+    let response = async {
+        match forward(&state, &caller, req, &request_id, &mut audit).await {
             Ok(response) => response,
             Err(e) => {
                 tracing::info!(status = e.code().as_u16(), "{e}");
@@ -76,15 +112,51 @@ pub async fn handle(
     }
     .instrument(span)
     .await;
+    audit.record.status = response.status().as_u16();
+    let (mut parts, body) = response.into_parts();
     if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+        parts.headers.insert(REQUEST_ID_HEADER, value);
     }
-    Ok(response)
+    // The audit line is written when the body is done (or dropped), with its size.
+    let body = body
+        .map_frame(move |frame| {
+            if let Some(data) = frame.data_ref() {
+                audit.count_bytes(data.len());
+            }
+            frame
+        })
+        .boxed_unsync();
+    Ok(Response::from_parts(parts, body))
 }
 
-async fn forward(state: &StubState, req: Request<Incoming>, request_id: &str) -> Result<Response<Body>, ForwardError> {
+async fn forward(
+    state: &StubState,
+    caller: &Caller,
+    mut req: Request<Incoming>,
+    request_id: &str,
+    audit: &mut Pending,
+) -> Result<Response<Body>, ForwardError> {
     let route = route::route(req.uri().path(), req.uri().query())?;
     let cluster = route.cluster.to_owned();
+    audit.record.cluster = Some(cluster.clone());
+
+    let token = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| token::bearer(v.as_bytes()))
+        .ok_or(ForwardError::NoToken)?
+        .to_owned();
+    let claims = state.tokens.verify(&token, token::unix_now())?;
+    tracing::Span::current().record("user", claims.sub.as_str());
+    audit.record.user = Some(claims.sub.clone());
+    audit.record.groups = claims.groups.clone();
+    if !claims.bound_certificate_matches(caller.certificate.as_ref()) {
+        return Err(ForwardError::CertificateBinding);
+    }
+    if !claims.allows_cluster(&cluster) {
+        return Err(ForwardError::ClusterNotAllowed { user: claims.sub, cluster });
+    }
+
     let Some(in_flight) = state.registry.pick(&cluster) else {
         return Err(if state.whitelist.get().has_cluster(&cluster) {
             ForwardError::NoAgent(cluster)
@@ -93,19 +165,49 @@ async fn forward(state: &StubState, req: Request<Incoming>, request_id: &str) ->
         });
     };
     let link = in_flight.0.clone();
+    audit.record.agent = Some(link.name.clone());
     tracing::debug!(connection = link.id, agent = %link.name, "routing");
     let stream_err = |source| ForwardError::Stream { cluster: cluster.clone(), source };
 
+    let upgrade = bridge::is_upgrade(req.headers());
+    let mut headers = bridge::headers_to_wire(req.headers(), upgrade);
+    // The token travels as the credential, never as a header the API server could see.
+    headers.retain(|h| h.name != "authorization");
     let head = RequestHead {
         request_id: request_id.to_owned(),
         method: req.method().as_str().to_owned(),
         path_and_query: route.path_and_query,
-        headers: bridge::headers_to_wire(req.headers()),
-        credential: None,
+        headers,
+        credential: Some(token),
     };
     let (mut send, mut recv) =
         link.connection.open_bi().await.map_err(|e| stream_err(WireError::Io(std::io::Error::other(e))))?;
     write_frame(&mut send, &head).await.map_err(stream_err)?;
+
+    if upgrade {
+        // An upgrade request has no body; the stream stays open for the pipe.
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let head: ResponseHead = read_frame(&mut recv).await.map_err(stream_err)?;
+        if head.status == StatusCode::SWITCHING_PROTOCOLS.as_u16() {
+            tokio::spawn(
+                async move {
+                    match on_upgrade.await {
+                        Ok(upgraded) => bridge::pipe(hyper_util::rt::TokioIo::new(upgraded), send, recv).await,
+                        Err(e) => tracing::debug!(error = %e, "caller's upgrade failed"),
+                    }
+                    drop(in_flight);
+                    tracing::debug!("upgraded stream closed");
+                }
+                .in_current_span(),
+            );
+            let mut response = Response::new(bridge::empty());
+            *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            *response.headers_mut() = bridge::headers_from_wire(&head.headers, true);
+            return Ok(response);
+        }
+        let _ = send.finish();
+        return Ok(response_from(head, bridge::recv_body(recv, in_flight)));
+    }
 
     // The request body flows on its own task, so a large upload and the response overlap.
     // Dropping `cancel_on_drop` (the caller went away, or the response is done) resets the
@@ -115,11 +217,15 @@ async fn forward(state: &StubState, req: Request<Incoming>, request_id: &str) ->
     let cancel_on_drop = cancel.drop_guard();
 
     let head: ResponseHead = read_frame(&mut recv).await.map_err(stream_err)?;
-    let mut response = Response::new(bridge::recv_body(recv, (cancel_on_drop, in_flight)));
-    *response.status_mut() = StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    *response.headers_mut() = bridge::headers_from_wire(&head.headers);
     tracing::debug!(status = head.status, "response head");
-    Ok(response)
+    Ok(response_from(head, bridge::recv_body(recv, (cancel_on_drop, in_flight))))
+}
+
+fn response_from(head: ResponseHead, body: Body) -> Response<Body> {
+    let mut response = Response::new(body);
+    *response.status_mut() = StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    *response.headers_mut() = bridge::headers_from_wire(&head.headers, false);
+    response
 }
 
 async fn pump_request(body: Incoming, mut send: SendStream, cancel: CancellationToken) {

@@ -14,6 +14,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::{StubState, forward};
+use crate::identity::fingerprint::Fingerprint;
 
 /// A client has this long to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,7 +76,10 @@ pub async fn serve(
                 Ok(Err(e)) => return tracing::debug!(%remote, error = %e, "front door TLS handshake failed"),
                 Err(_) => return tracing::debug!(%remote, "front door TLS handshake timed out"),
             };
-            let service = service_fn(move |req| forward::handle(state.clone(), remote, req));
+            let certificate =
+                tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| Fingerprint::of_der(c));
+            let caller = Arc::new(forward::Caller { remote, certificate });
+            let service = service_fn(move |req| forward::handle(state.clone(), caller.clone(), req));
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(%remote, error = crate::bridge::error_chain(&*e), "front door connection ended with an error");

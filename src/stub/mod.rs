@@ -5,8 +5,10 @@
 //! - [`front_door`]: the HTTPS listener for users and services (HTTP/1.1 and HTTP/2).
 //! - [`forward`]: one request from the front door over its own QUIC stream and back.
 //! - [`route`]: `/clusters/{cluster}/{path}` -> cluster and upstream path.
+//! - [`audit`]: one JSON line per request.
 
 pub mod agents;
+pub mod audit;
 pub mod forward;
 pub mod front_door;
 pub mod registry;
@@ -14,6 +16,7 @@ pub mod route;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,9 +27,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::identity::files::{self, CertDir};
 use crate::identity::tls;
+use crate::identity::token::TokenVerifier;
 use crate::identity::whitelist::{Whitelist, WhitelistHandle};
 use crate::quic::{self, Tuning};
 use crate::wire::codes::AppCode;
+use audit::{AuditLog, AuditTarget};
 
 /// What `tether stub` needs.
 #[derive(Debug, Clone)]
@@ -37,6 +42,9 @@ pub struct StubConfig {
     pub tuning: Tuning,
     /// How long open front-door requests may take to finish on shutdown.
     pub grace: Duration,
+    /// The token issuer's public key (the stub never holds the private one).
+    pub issuer_pub: PathBuf,
+    pub audit: AuditTarget,
 }
 
 /// State shared by the QUIC side and the front door.
@@ -44,6 +52,8 @@ pub struct StubConfig {
 pub struct StubState {
     pub registry: registry::Registry,
     pub whitelist: WhitelistHandle,
+    pub tokens: TokenVerifier,
+    pub audit: AuditLog,
 }
 
 /// A stub whose sockets are bound (so its addresses are known) but not yet serving.
@@ -68,11 +78,14 @@ impl Stub {
         let quic_tls = tls::stub_quic(&ca, chain.clone(), key.clone_key(), whitelist.clone())?;
         let endpoint = quic::server_endpoint(config.quic_listen, quic_tls, &config.tuning)
             .with_context(|| format!("binding the QUIC listener on {}", config.quic_listen))?;
-        let front_tls = Arc::new(tls::front_door(chain, key)?);
+        let front_tls = Arc::new(tls::front_door(&ca, chain, key)?);
+        let tokens = TokenVerifier::load(&config.issuer_pub)?;
+        let audit =
+            AuditLog::open(&config.audit).with_context(|| format!("opening the audit log {:?}", config.audit))?;
         let listener = TcpListener::bind(config.https_listen)
             .await
             .with_context(|| format!("binding the HTTPS listener on {}", config.https_listen))?;
-        let state = Arc::new(StubState { registry: registry::Registry::default(), whitelist });
+        let state = Arc::new(StubState { registry: registry::Registry::default(), whitelist, tokens, audit });
         Ok(Stub { endpoint, listener, front_tls, state, grace: config.grace })
     }
 

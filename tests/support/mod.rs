@@ -19,6 +19,7 @@ use hyper_util::rt::TokioExecutor;
 use tether::identity::certs::{self, Minted, Signer, Validity};
 use tether::identity::files::CertDir;
 use tether::identity::fingerprint::Fingerprint;
+use tether::identity::token::{Claims, TokenIssuer};
 use tether::identity::whitelist::{self, Entry};
 
 /// How long a test waits for a process to reach a state before it fails.
@@ -48,7 +49,16 @@ impl Pki {
             .unwrap();
         stub.save(&dir.stub_cert(), &dir.stub_key()).unwrap();
         std::fs::write(dir.whitelist(), "# test whitelist\n").unwrap();
+        certs::issuer_in_dir(&dir, false).unwrap();
         Pki { _tmp: tmp, dir, ca }
+    }
+
+    /// A token for `user` in `groups`, allowed to reach `clusters`, valid for an hour.
+    pub fn token(&self, user: &str, groups: &[&str], clusters: &[&str]) -> String {
+        let issuer = TokenIssuer::load(&self.dir.issuer_key()).unwrap();
+        let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        let clusters: Vec<String> = clusters.iter().map(|c| c.to_string()).collect();
+        issuer.sign(&Claims::new(user, &groups, &clusters, Duration::from_secs(3600)))
     }
 
     pub fn signer(&self) -> Signer {
@@ -78,7 +88,8 @@ impl Pki {
     }
 }
 
-/// A child process whose stderr lines are collected, killed (by its PID) when dropped.
+/// A child process whose output lines (stdout and stderr) are collected, killed (by its PID)
+/// when dropped.
 pub struct Proc {
     pub child: Child,
     lines: Arc<Mutex<Vec<String>>>,
@@ -92,24 +103,29 @@ impl Proc {
             .args(args)
             .env("TETHER_LOG", std::env::var("TETHER_TEST_LOG").unwrap_or_else(|_| "info,tether=debug".into()))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn tether");
-        let stderr = child.stderr.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, seen) = tokio::sync::watch::channel(0);
-        let (sink, label) = (lines.clone(), name.to_owned());
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                if std::env::var_os("TETHER_TEST_ECHO").is_some() {
-                    eprintln!("[{label}] {line}");
+        let tx = Arc::new(tx);
+        // stdout (audit lines) and stderr (logs) land in one list, in arrival order.
+        let outputs: [Box<dyn std::io::Read + Send>; 2] =
+            [Box::new(child.stdout.take().unwrap()), Box::new(child.stderr.take().unwrap())];
+        for output in outputs {
+            let (sink, label, tx) = (lines.clone(), name.to_owned(), tx.clone());
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(output).lines().map_while(Result::ok) {
+                    if std::env::var_os("TETHER_TEST_ECHO").is_some() {
+                        eprintln!("[{label}] {line}");
+                    }
+                    let mut all = sink.lock().unwrap();
+                    all.push(line);
+                    let _ = tx.send(all.len());
                 }
-                let mut all = sink.lock().unwrap();
-                all.push(line);
-                let _ = tx.send(all.len());
-            }
-        });
+            });
+        }
         Proc { child, lines, seen, name: name.to_owned() }
     }
 
@@ -174,8 +190,14 @@ pub struct StubProc {
 
 impl StubProc {
     pub async fn start(pki: &Pki) -> StubProc {
+        StubProc::start_with(pki, &[]).await
+    }
+
+    /// A stub with extra arguments (e.g. `--audit-log FILE`).
+    pub async fn start_with(pki: &Pki, extra: &[&str]) -> StubProc {
         let certs = pki.path().to_str().unwrap();
-        let args = ["stub", "--certs", certs, "--quic-listen", "127.0.0.1:0", "--https-listen", "127.0.0.1:0"];
+        let mut args = vec!["stub", "--certs", certs, "--quic-listen", "127.0.0.1:0", "--https-listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
         let mut proc = Proc::spawn("stub", &args);
         let line = proc.wait_for("stub listening").await;
         let quic = field(&line, "quic=").to_owned();
@@ -209,22 +231,65 @@ pub async fn start_agent(pki: &Pki, stub: &StubProc, cluster: &str, name: &str, 
     agent
 }
 
-pub type FrontClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, tether::bridge::Body>;
+/// An HTTPS client of the front door that sends a bearer token with every request that has no
+/// `Authorization` of its own.
+#[derive(Clone)]
+pub struct FrontClient {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, tether::bridge::Body>,
+    token: Option<String>,
+}
 
-/// An HTTPS client that trusts `pki`'s CA and speaks HTTP/2 (`h2`) or HTTP/1.1.
+pub type ResponseFuture = hyper_util::client::legacy::ResponseFuture;
+
+impl FrontClient {
+    pub fn request(&self, mut request: http::Request<tether::bridge::Body>) -> ResponseFuture {
+        if let Some(token) = &self.token
+            && !request.headers().contains_key(http::header::AUTHORIZATION)
+        {
+            request.headers_mut().insert(http::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+        }
+        self.client.request(request)
+    }
+
+    pub fn get(&self, uri: http::Uri) -> ResponseFuture {
+        self.request(http::Request::get(uri).body(tether::bridge::empty()).unwrap())
+    }
+
+    /// The same client with another token (or none).
+    pub fn with_token(&self, token: Option<String>) -> FrontClient {
+        FrontClient { client: self.client.clone(), token }
+    }
+}
+
+/// A front-door client that trusts `pki`'s CA, speaks HTTP/2 (`h2`) or HTTP/1.1, and carries a
+/// token of user `tester` for every cluster the tests use.
 pub fn front_client(pki: &Pki, h2: bool) -> FrontClient {
+    let token = pki.token("tester", &["testers"], &["dev", "prod", "broken", "idle", "untrusting", "nowhere"]);
+    front_client_with(pki, h2, None, Some(token))
+}
+
+/// A front-door client with an optional client certificate (`cert`, `key` PEM files).
+pub fn front_client_with(pki: &Pki, h2: bool, identity: Option<(&Path, &Path)>, token: Option<String>) -> FrontClient {
     let roots =
         tether::identity::tls::roots(&tether::identity::files::load_certs(&pki.dir.ca_cert()).unwrap()).unwrap();
-    let tls = rustls::ClientConfig::builder_with_provider(tether::identity::tls::provider())
+    let builder = rustls::ClientConfig::builder_with_provider(tether::identity::tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let tls = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                tether::identity::files::load_certs(cert).unwrap(),
+                tether::identity::files::load_key(key).unwrap(),
+            )
+            .unwrap(),
+    };
     let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only();
     let connector = if h2 { builder.enable_http2().build() } else { builder.enable_http1().build() };
     let mut client = Client::builder(TokioExecutor::new());
     client.http2_only(h2);
-    client.build(connector)
+    FrontClient { client: client.build(connector), token }
 }
 
 /// Sends a request with a body and collects the whole response.

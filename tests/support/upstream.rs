@@ -78,11 +78,11 @@ impl Upstream {
                     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     match tls {
                         None => {
-                            let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
+                            let _ = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).await;
                         }
                         Some(tls) => {
                             let Ok(stream) = tls.accept(tcp).await else { return };
-                            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                            let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await;
                         }
                     }
                 });
@@ -141,7 +141,7 @@ impl Drop for Abandoned {
     }
 }
 
-async fn serve(seen: Arc<Seen>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn serve(seen: Arc<Seen>, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     seen.requests.fetch_add(1, Ordering::SeqCst);
     seen.request_signal.notify_waiters();
     let path = req.uri().path().to_owned();
@@ -208,6 +208,27 @@ async fn serve(seen: Arc<Seen>, req: Request<Incoming>) -> Result<Response<Body>
         let _guard = Abandoned(seen.clone());
         std::future::pending::<()>().await;
         unreachable!()
+    } else if path == "/ws" {
+        // A real WebSocket echo server (tungstenite) behind a real HTTP/1.1 upgrade.
+        let key = req.headers().get("sec-websocket-key").map(|k| k.as_bytes().to_vec()).unwrap_or_default();
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let Ok(upgraded) = on_upgrade.await else { return };
+            let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                None,
+            )
+            .await;
+            let (sink, stream) = ws.split();
+            let _ = stream.forward(sink).await;
+        });
+        response = response
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-accept", tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key));
+        tether::bridge::empty()
     } else if path == "/upload" {
         let mut frames = std::pin::pin!(BodyStream::new(req.into_body()));
         let (mut hasher, mut total, mut first) = (sha2::Sha256::new(), 0u64, true);

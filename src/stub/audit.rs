@@ -1,0 +1,126 @@
+//! The stub's audit log: one JSON line per front-door request (time, request id, user, groups,
+//! cluster, agent, verb, path, status, bytes, duration), written when the response ends, to a
+//! file or stdout. Lines go through a bounded queue to one writer thread, so a slow disk delays
+//! no request; if the queue overflows, lines are dropped and counted in the stub's log.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use serde::Serialize;
+
+/// Where audit lines go.
+#[derive(Debug, Clone)]
+pub enum AuditTarget {
+    /// No audit log.
+    Off,
+    Stdout,
+    /// Appended to this file.
+    File(PathBuf),
+}
+
+impl std::str::FromStr for AuditTarget {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "" | "off" => AuditTarget::Off,
+            "-" => AuditTarget::Stdout,
+            path => AuditTarget::File(path.into()),
+        })
+    }
+}
+
+/// One request, as the audit log records it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Record {
+    pub time: String,
+    pub request_id: String,
+    pub user: Option<String>,
+    pub groups: Vec<String>,
+    pub cluster: Option<String>,
+    pub agent: Option<String>,
+    pub verb: String,
+    pub path: String,
+    pub status: u16,
+    pub bytes: u64,
+    pub duration_ms: u64,
+}
+
+const QUEUE: usize = 4096;
+
+/// The audit log's sending half; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AuditLog {
+    sender: Option<std::sync::mpsc::SyncSender<String>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl AuditLog {
+    /// Opens the target (creating the file) and starts its writer thread.
+    pub fn open(target: &AuditTarget) -> std::io::Result<AuditLog> {
+        let mut out: Box<dyn Write + Send> = match target {
+            AuditTarget::Off => return Ok(AuditLog { sender: None, dropped: Arc::default() }),
+            AuditTarget::Stdout => Box::new(std::io::stdout()),
+            AuditTarget::File(path) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
+        };
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<String>(QUEUE);
+        std::thread::Builder::new().name("audit".into()).spawn(move || {
+            for line in receiver {
+                // One write and a flush per line, so readers (tail -f, tests) see whole lines.
+                if let Err(e) = out.write_all(line.as_bytes()).and_then(|_| out.flush()) {
+                    tracing::error!(error = %e, "cannot write the audit log");
+                }
+            }
+        })?;
+        Ok(AuditLog { sender: Some(sender), dropped: Arc::default() })
+    }
+
+    /// Queues a record.
+    pub fn write(&self, record: &Record) {
+        let Some(sender) = &self.sender else { return };
+        let mut line = serde_json::to_string(record).expect("records serialise");
+        line.push('\n');
+        if sender.try_send(line).is_err() {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(dropped, "audit queue full: audit line dropped");
+        }
+    }
+}
+
+/// A record being filled in while its request runs; written when dropped (the response body
+/// ended, or the caller went away).
+pub struct Pending {
+    pub record: Record,
+    started: Instant,
+    log: AuditLog,
+}
+
+impl Pending {
+    pub fn new(log: AuditLog, request_id: &str, verb: &str, path: &str) -> Pending {
+        let record = Record {
+            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            request_id: request_id.into(),
+            verb: verb.into(),
+            path: path.into(),
+            ..Record::default()
+        };
+        Pending { record, started: Instant::now(), log }
+    }
+}
+
+impl Pending {
+    /// Adds response body bytes (a method, so that closures capture the whole record and it is
+    /// written when they are dropped, not when the field is copied out).
+    pub fn count_bytes(&mut self, n: usize) {
+        self.record.bytes += n as u64;
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.record.duration_ms = self.started.elapsed().as_millis() as u64;
+        self.log.write(&self.record);
+    }
+}
