@@ -103,11 +103,9 @@ pub fn impersonate(headers: &mut http::HeaderMap, claims: &Claims) -> Result<(),
 }
 
 async fn forward(upstream: &Upstream, claims: &Claims, head: RequestHead, mut send: SendStream, recv: RecvStream) {
-    let mut headers = bridge::headers_from_wire(&head.headers, true);
-    let upgrade = bridge::is_upgrade(&headers);
-    if !upgrade {
-        headers = bridge::headers_from_wire(&head.headers, false);
-    }
+    // The stub sends an `Upgrade` header only for a request that asks to switch protocols.
+    let upgrade = head.headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade"));
+    let mut headers = bridge::headers_from_wire(&head.headers, upgrade);
     if impersonate(&mut headers, claims).is_err() {
         return respond_error(&mut send, StatusCode::BAD_REQUEST, "user or group name is not a valid header value")
             .await;
