@@ -497,6 +497,56 @@ start_daemon() {
   echo $! >"$dir/$name.pid"
 }
 
+# This cluster runs no kube-controller-manager. Two of its jobs matter to anyone using the
+# cluster through tether, so they are done once here:
+# - the clusterrole-aggregation controller fills the aggregated ClusterRoles (view, edit, admin)
+#   from the roles their selectors match; without it, binding `view` grants nothing;
+# - the serviceaccount controller creates the `default` ServiceAccount, without which the
+#   ServiceAccount admission plugin refuses every pod in `default`.
+stand_in_for_controller_manager() {
+  local dir=$1 patches
+  patches=$(kubectl_dev "$dir" get clusterroles -o json | python3 -c '
+import json, sys
+roles = json.load(sys.stdin)["items"]
+def selected(role, selectors):
+    labels = role["metadata"].get("labels") or {}
+    return any(all(labels.get(k) == v for k, v in (s.get("matchLabels") or {}).items()) for s in selectors)
+changed = {}
+for _ in range(5):  # edit includes view, admin includes edit: repeat until nothing changes
+    progress = False
+    for role in roles:
+        selectors = (role.get("aggregationRule") or {}).get("clusterRoleSelectors")
+        if not selectors:
+            continue
+        rules = []
+        for source in roles:
+            if selected(source, selectors):
+                rules += [r for r in source.get("rules") or [] if r not in rules]
+        if rules != (role.get("rules") or []):
+            role["rules"] = rules
+            changed[role["metadata"]["name"]] = rules
+            progress = True
+    if not progress:
+        break
+for name, rules in changed.items():
+    print(name + "\t" + json.dumps({"rules": rules}))
+') || die "could not read the ClusterRoles to aggregate"
+  local name patch
+  while IFS=$'\t' read -r name patch; do
+    [ -n "$name" ] || continue
+    kubectl_dev "$dir" patch clusterrole "$name" --type=merge -p "$patch" >/dev/null ||
+      die "could not fill the aggregated ClusterRole $name"
+  done <<<"$patches"
+  kubectl_dev "$dir" apply -f - >/dev/null <<EOF || die "could not create the default ServiceAccount"
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: default
+  namespace: default
+EOF
+  log "aggregated ClusterRoles filled and default ServiceAccount created (no controller manager here)"
+}
+
 do_start() {
   local dir=$1
   need_cmds openssl curl setsid kubectl base64 awk
@@ -662,6 +712,13 @@ EOF
     die "could not create the agent's ClusterRole/ClusterRoleBinding with kubectl (see above)"
   fi
   rm -f "$dir/.rbac.log"
+
+  # -- what kube-controller-manager would do, which this cluster does not run --
+  # (in a subshell, so that its `die` comes back here and the cluster is stopped, not leaked)
+  if ! (stand_in_for_controller_manager "$dir"); then
+    do_stop "$dir"
+    die "could not prepare RBAC roles and the default ServiceAccount (see above)"
+  fi
 
   # -- env file --
   (

@@ -1,0 +1,320 @@
+#!/usr/bin/env bash
+# demo.sh: tether end to end on this machine. A real kube-apiserver (scripts/dev-cluster.sh), a
+# stub, two agents that dial it and forward as `tether-agent` impersonating the caller, and
+# kubectl as user `alice` (who may `view` in namespace default) going through the tunnel.
+#
+#   scripts/demo.sh            run the demo, then stay up until Ctrl-C (kubectl away as alice)
+#   scripts/demo.sh --smoke    run the demo, stop everything, exit 0 only if every step
+#                              behaved as expected
+#
+# Everything lives in a fresh directory under ${TMPDIR:-/tmp} (certificates from
+# scripts/bootstrap-certs.sh, the dev cluster, logs, alice's kubeconfig); the repository's certs/
+# is not touched. It is removed when the demo ends well, and kept (path printed) when a step
+# failed. Ports are chosen by the kernel. On exit (Ctrl-C, SIGTERM, a failure) the script stops
+# exactly what it started: the agents and the stub by PID, the dev cluster by
+# `dev-cluster.sh stop DIR`.
+#
+# The first run builds kube-apiserver from Debian's source package (5 to 9 minutes; progress is
+# printed); later runs start in about 10 seconds.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+prog=${0##*/}
+
+smoke=false
+case ${1:-} in
+  "") ;;
+  --smoke) smoke=true ;;
+  -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  *) echo "usage: $prog [--smoke]" >&2; exit 2 ;;
+esac
+
+# How long to wait for a process to log that it is ready, or for RBAC to apply.
+PATIENCE=${DEMO_PATIENCE:-60}
+
+if [[ -t 1 ]]; then bold=$'\e[1m' green=$'\e[32m' red=$'\e[31m' off=$'\e[0m'
+else bold='' green='' red='' off=''; fi
+step() { printf '\n%s==> %s%s\n' "$bold" "$*" "$off"; }
+info() { printf '    %s\n' "$*"; }
+die() { printf '%s%s: error: %s%s\n' "$red" "$prog" "$*" "$off" >&2; exit 1; }
+
+for cmd in cargo kubectl ps; do
+  command -v "$cmd" >/dev/null || die "$cmd is not installed"
+done
+
+demo=$(mktemp -d "${TMPDIR:-/tmp}/tether-demo.XXXXXX")
+certs=$demo/certs
+cluster=$demo/cluster
+tether=$root/target/debug/tether
+# kubectl's caches go here, not into the user's home.
+export KUBECACHEDIR=$demo/kube-cache
+unset KUBECONFIG
+
+# -- cleanup: exactly what this script started ----------------------------------------------------
+pids=()         # stub and agents, children of this shell
+cluster_started=false
+failures=0
+
+# alive PID: the process runs (an exited child stays a zombie until we `wait` for it, and
+# `kill -0` would still succeed on it).
+alive() {
+  local state
+  state=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+  [[ $state != Z* ]]
+}
+
+stop_pid() { # stop_pid PID NAME: SIGTERM (agents drain, the stub says goodbye), then SIGKILL
+  local pid=$1 name=$2 i
+  alive "$pid" || { wait "$pid" 2>/dev/null; return 0; }
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < 100; i++)); do alive "$pid" || break; sleep 0.1; done
+  if alive "$pid"; then
+    info "$name (pid $pid) did not stop within 10 s; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  set +e
+  if ((${#pids[@]})); then
+    step "stopping the agents and the stub"
+    local i
+    # Agents first (they drain), then the stub: reverse order of start.
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+      stop_pid "${pids[i]%%:*}" "${pids[i]#*:}"
+    done
+  fi
+  if $cluster_started; then
+    step "stopping the dev cluster"
+    "$root/scripts/dev-cluster.sh" stop "$cluster"
+  fi
+  # Ctrl-C or SIGTERM is how an interactive demo ends: that is no reason to keep the files.
+  if ((failures == 0)) && [[ $rc == 0 || $rc == 130 || $rc == 143 ]]; then
+    rm -rf "$demo"
+  else
+    info "logs and state kept in $demo"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# wait_for_line FILE NEEDLE PID NAME: until FILE (a process's log) has a line containing NEEDLE;
+# fails if the process exits first or PATIENCE seconds pass. Prints the line.
+wait_for_line() {
+  local file=$1 needle=$2 pid=$3 name=$4 deadline=$((SECONDS + PATIENCE)) line
+  while :; do
+    if line=$(grep -m1 -F -- "$needle" "$file" 2>/dev/null); then
+      printf '%s\n' "$line"
+      return 0
+    fi
+    alive "$pid" || { tail -n 20 "$file" >&2; die "$name exited (log: $file)"; }
+    ((SECONDS < deadline)) || { tail -n 20 "$file" >&2; die "$name did not log \"$needle\" within ${PATIENCE}s (log: $file)"; }
+    sleep 0.1
+  done
+}
+
+# field LINE KEY: the value of KEY=VALUE in a log line.
+field() { sed -n "s/.*[[:space:]]$2=\([^[:space:]]*\).*/\1/p" <<<"$1"; }
+
+# -- 1. build and certificates ---------------------------------------------------------------------
+step "building tether (cargo build)"
+cargo build --manifest-path "$root/Cargo.toml" --bin tether
+info "binary: $tether"
+
+step "bootstrapping certificates in $certs"
+TETHER=$tether "$root/scripts/bootstrap-certs.sh" "$certs" dev
+
+# -- 2. a real kube-apiserver ----------------------------------------------------------------------
+step "starting the dev cluster (etcd + kube-apiserver v1.20.2 on loopback)"
+cluster_started=true
+"$root/scripts/dev-cluster.sh" start "$cluster"
+# shellcheck disable=SC1091
+. "$cluster/env"
+admin() { kubectl --kubeconfig "$ADMIN_KUBECONFIG" "$@"; }
+
+# -- 3. stub and agents ----------------------------------------------------------------------------
+step "starting the stub"
+"$tether" stub --certs "$certs" --quic-listen 127.0.0.1:0 --https-listen 127.0.0.1:0 \
+  --audit-log "$demo/stub-audit.log" >"$demo/stub.log" 2>&1 &
+stub_pid=$!
+pids+=("$stub_pid:stub")
+line=$(wait_for_line "$demo/stub.log" "stub listening" "$stub_pid" stub)
+quic=$(field "$line" quic)
+https=$(field "$line" https)
+[[ -n $quic && -n $https ]] || die "cannot read the stub's addresses from: $line"
+stub_url=https://$https
+info "pid $stub_pid: QUIC for agents on $quic, HTTPS front door on $stub_url"
+info "its audit log: $demo/stub-audit.log"
+
+step "starting two agents for cluster dev (credential: $AGENT_KUBECONFIG, may only impersonate)"
+for name in agent-0 agent-1; do
+  "$tether" agent --certs "$certs" --cluster dev --name "$name" --stub "localhost:${quic##*:}" \
+    --kubeconfig "$AGENT_KUBECONFIG" >"$demo/$name.log" 2>&1 &
+  pid=$!
+  pids+=("$pid:$name")
+  wait_for_line "$demo/$name.log" "connected to stub" "$pid" "$name" >/dev/null
+  info "$name (pid $pid) connected to the stub"
+done
+
+# -- 4. RBAC and alice's kubeconfig ----------------------------------------------------------------
+step "as the cluster admin: alice may view namespace default; a ConfigMap and a Secret to look at"
+admin apply -f - <<'EOF'
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: alice-view
+  namespace: default
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: view
+subjects:
+- apiGroup: rbac.authorization.k8s.io
+  kind: User
+  name: alice
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: hello
+  namespace: default
+data:
+  greeting: hello through tether
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: db-password
+  namespace: kube-system
+stringData:
+  password: not-for-alice
+EOF
+# The RBAC authorizer reads bindings from a cache: wait (bounded) until it counts.
+deadline=$((SECONDS + PATIENCE))
+until admin auth can-i list configmaps --namespace default --as alice >/dev/null 2>&1; do
+  ((SECONDS < deadline)) || die "the RoleBinding for alice did not take effect within ${PATIENCE}s"
+  sleep 0.2
+done
+
+alice=$demo/alice.kubeconfig
+step "alice's kubeconfig (tether kubeconfig --user alice --cluster dev)"
+"$tether" kubeconfig --certs "$certs" --stub "$stub_url" --cluster dev --user alice --ttl 12h >"$alice"
+info "$alice"
+info "server: $(kubectl --kubeconfig "$alice" config view -o jsonpath='{.clusters[0].cluster.server}')"
+
+# -- 5. kubectl as alice, through stub and agents --------------------------------------------------
+# check EXPECT NEEDLE WHAT -- ARGS...: runs `kubectl --kubeconfig alice.kubeconfig ARGS`, prints
+# the command and its output, and checks the outcome: EXPECT is "ok" (exit 0) or "refused"
+# (non-zero exit), and the output must contain NEEDLE. WHAT says what a pass demonstrates.
+check() {
+  local expect=$1 needle=$2 what=$3 out rc=0
+  shift 4
+  printf '\n  %s$ kubectl --kubeconfig alice.kubeconfig %s%s\n' "$bold" "$*" "$off"
+  out=$(kubectl --kubeconfig "$alice" "$@" 2>&1) || rc=$?
+  # The 1.32 client warns that the 1.20 server is old; that is not the point here.
+  out=$(grep -v 'exceeds the supported minor version skew' <<<"$out" || true)
+  [[ -z $out ]] || printf '%s\n' "$out" | sed 's/^/    /'
+  if [[ $expect == ok ]] && ((rc != 0)); then
+    verdict bad "expected success, got exit $rc"
+  elif [[ $expect == refused ]] && ((rc == 0)); then
+    verdict bad "expected a refusal, but it succeeded"
+  elif [[ $out != *"$needle"* ]]; then
+    verdict bad "expected the output to contain: $needle"
+  else
+    verdict good "$what"
+  fi
+}
+verdict() {
+  if [[ $1 == good ]]; then
+    printf '    %s✓ %s%s\n' "$green" "$2" "$off"
+  else
+    printf '    %s✗ %s%s\n' "$red" "$2" "$off"
+    failures=$((failures + 1))
+  fi
+}
+
+step "kubectl as alice, through the stub and an agent"
+check ok "configmap/hello" "alice lists ConfigMaps in default (RoleBinding to view)" -- \
+  get configmaps -n default -o name
+check ok "hello through tether" "and reads the one the admin created" -- \
+  get configmap hello -n default -o 'jsonpath={.data.greeting}'
+check ok "" "alice lists Pods in default (there are none: no kubelet here)" -- \
+  get pods -n default
+check refused 'User "alice" cannot list resource "namespaces"' \
+  "listing namespaces: the API server's own 403, naming alice" -- get namespaces
+check refused 'User "alice" cannot get resource "secrets"' \
+  "reading a Secret in kube-system: denied by the API server's RBAC" -- get secret db-password -n kube-system
+check refused 'User "alice" cannot get resource "secrets"' \
+  "--as=system:admin is ignored: the agent drops the caller's Impersonate-* headers" -- \
+  --as=system:admin --as-group=system:masters get secret db-password -n kube-system
+
+# -- 6. what the API server and the stub recorded ---------------------------------------------------
+step "the API server's audit log: who it saw"
+if command -v jq >/dev/null; then
+  query='select(.stage == "ResponseComplete" and .impersonatedUser.username == "alice"
+    and (.requestURI | contains("db-password")))'
+  # Events are written as requests finish: give the last one a moment (bounded).
+  deadline=$((SECONDS + PATIENCE))
+  until (($(jq -c "$query" "$AUDIT_LOG" | wc -l) >= 2)) || ((SECONDS >= deadline)); do sleep 0.2; done
+  jq -c "$query | {user: .user.username, impersonatedUser: .impersonatedUser.username,
+    groups: .impersonatedUser.groups, verb, requestURI, code: .responseStatus.code}" "$AUDIT_LOG" |
+    sed 's/^/    /'
+  seen=$(jq -c "$query" "$AUDIT_LOG" | wc -l)
+  by_agent=$(jq -c "$query | select(.user.username == \"$AGENT_USER\")" "$AUDIT_LOG" | wc -l)
+  as_admin=$(jq -c 'select(.impersonatedUser.username == "system:admin")' "$AUDIT_LOG" | wc -l)
+  if ((seen >= 2 && seen == by_agent)); then
+    verdict good "both Secret reads arrived as $AGENT_USER impersonating alice"
+  else
+    verdict bad "expected 2 Secret reads as $AGENT_USER impersonating alice; saw $seen ($by_agent by the agent)"
+  fi
+  if ((as_admin == 0)); then
+    verdict good "no request ever impersonated system:admin"
+  else
+    verdict bad "$as_admin request(s) impersonated system:admin"
+  fi
+else
+  info "(jq is not installed: skipping the look at $AUDIT_LOG)"
+fi
+
+step "the stub's audit log (one JSON line per request): the last three"
+tail -n 3 "$demo/stub-audit.log" | sed 's/^/    /'
+if grep -q '"user":"alice"' "$demo/stub-audit.log"; then
+  verdict good "the stub recorded alice's requests"
+else
+  verdict bad "no line with user alice in $demo/stub-audit.log"
+fi
+
+# -- 7. the end --------------------------------------------------------------------------------------
+if ((failures > 0)); then
+  step "${red}$failures step(s) did not behave as expected${off}"
+  exit 1
+fi
+step "${green}every step behaved as expected${off}"
+if $smoke; then
+  exit 0
+fi
+
+cat <<EOF
+
+tether is up. In another terminal:
+
+    export KUBECONFIG=$alice
+    kubectl get configmaps -n default
+    kubectl get configmaps -n default -w        # a watch through the tunnel
+    kubectl get secrets -n kube-system          # 403 from the API server
+
+  cluster admin, straight to the API server: KUBECONFIG=$ADMIN_KUBECONFIG
+  logs: $demo/{stub,agent-0,agent-1}.log; API server audit log: $AUDIT_LOG
+
+Press Ctrl-C to stop the agents, the stub and the dev cluster.
+EOF
+# Until Ctrl-C (the INT trap exits; cleanup stops everything), or until one of our processes
+# dies, which ends the demo with an error.
+rc=0
+wait -n "${pids[@]%%:*}" || rc=$?
+die "a tether process exited (status $rc); see the logs in $demo"
