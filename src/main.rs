@@ -172,6 +172,9 @@ struct StubArgs {
     /// Audit log: a file to append one JSON line per request to, `-` for stdout, `off` for none.
     #[arg(long, env = "TETHER_AUDIT_LOG", default_value = "-")]
     audit_log: AuditTarget,
+    /// Reload the whitelist only on SIGHUP, not also when the file changes.
+    #[arg(long, env = "TETHER_NO_WATCH_WHITELIST")]
+    no_watch_whitelist: bool,
     #[command(flatten)]
     quic: QuicArgs,
 }
@@ -269,6 +272,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let config = StubConfig {
                 issuer_pub: args.issuer_pub.unwrap_or_else(|| dir.issuer_pub()),
                 audit: args.audit_log,
+                watch_whitelist: !args.no_watch_whitelist,
                 certs: dir,
                 quic_listen: args.quic_listen,
                 https_listen: args.https_listen,

@@ -70,6 +70,11 @@ pub fn stub_quic(
             source,
         })?;
     config.alpn_protocols = vec![ALPN.to_vec()];
+    // No session resumption: a resumed handshake skips the client-certificate verifier, so an
+    // agent removed from the whitelist could come back on an old ticket. Agents reconnect
+    // rarely; a full handshake each time is cheap.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(config)
 }
 

@@ -6,12 +6,14 @@
 //! - [`forward`]: one request from the front door over its own QUIC stream and back.
 //! - [`route`]: `/clusters/{cluster}/{path}` -> cluster and upstream path.
 //! - [`audit`]: one JSON line per request.
+//! - [`reload`]: the whitelist reloaded on change and on SIGHUP; revoked agents cut off.
 
 pub mod agents;
 pub mod audit;
 pub mod forward;
 pub mod front_door;
 pub mod registry;
+pub mod reload;
 pub mod route;
 
 use std::future::Future;
@@ -45,6 +47,8 @@ pub struct StubConfig {
     /// The token issuer's public key (the stub never holds the private one).
     pub issuer_pub: PathBuf,
     pub audit: AuditTarget,
+    /// Reload the whitelist when its file changes (besides on SIGHUP).
+    pub watch_whitelist: bool,
 }
 
 /// State shared by the QUIC side and the front door.
@@ -63,6 +67,8 @@ pub struct Stub {
     front_tls: Arc<rustls::ServerConfig>,
     state: Arc<StubState>,
     grace: Duration,
+    whitelist_path: PathBuf,
+    watch_whitelist: bool,
 }
 
 impl Stub {
@@ -86,7 +92,15 @@ impl Stub {
             .await
             .with_context(|| format!("binding the HTTPS listener on {}", config.https_listen))?;
         let state = Arc::new(StubState { registry: registry::Registry::default(), whitelist, tokens, audit });
-        Ok(Stub { endpoint, listener, front_tls, state, grace: config.grace })
+        Ok(Stub {
+            endpoint,
+            listener,
+            front_tls,
+            state,
+            grace: config.grace,
+            whitelist_path: dir.whitelist(),
+            watch_whitelist: config.watch_whitelist,
+        })
     }
 
     pub fn quic_addr(&self) -> std::io::Result<SocketAddr> {
@@ -115,6 +129,7 @@ impl Stub {
             cancel.clone(),
             self.grace,
         ));
+        tokio::spawn(reload::watch(self.state.clone(), self.whitelist_path, self.watch_whitelist, cancel.clone()));
         shutdown.await;
         tracing::info!("shutting down: draining the front door, then closing agent connections");
         cancel.cancel();

@@ -102,6 +102,11 @@ impl Registry {
         Some(InFlight(link))
     }
 
+    /// Every live link.
+    pub fn all(&self) -> Vec<Arc<AgentLink>> {
+        self.lock().values().flatten().cloned().collect()
+    }
+
     /// Number of live links of `cluster` (draining ones included).
     pub fn count(&self, cluster: &str) -> usize {
         self.lock().get(cluster).map_or(0, Vec::len)

@@ -146,6 +146,26 @@ impl Proc {
         }
     }
 
+    /// Waits until at least `n` logged lines contain `needle`.
+    pub async fn wait_for_count(&mut self, needle: &str, n: usize) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while self.count(needle) < n {
+            if tokio::time::timeout_at(deadline, self.seen.changed()).await.is_err() {
+                panic!(
+                    "{}: fewer than {n} lines containing {needle:?} within {PATIENCE:?}; log:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+        }
+    }
+
+    /// Sends a signal to this process (and only this one, by its PID).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status().unwrap();
+        assert!(status.success(), "kill -{name} {}", self.pid());
+    }
+
     /// Number of logged lines containing `needle`.
     pub fn count(&self, needle: &str) -> usize {
         self.lines.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
