@@ -4,7 +4,7 @@
 //! with [`AppCode::Revoked`], so a removed agent is cut off within a second. A file that does not
 //! parse changes nothing: the error (file and line) is logged and the list in force stays.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -24,7 +24,7 @@ struct Stamp {
     len: u64,
 }
 
-fn stamp(path: &PathBuf) -> Option<Stamp> {
+fn stamp(path: &Path) -> Option<Stamp> {
     let meta = std::fs::metadata(path).ok()?;
     Some(Stamp { modified: meta.modified().ok(), len: meta.len() })
 }
@@ -59,7 +59,7 @@ pub async fn watch(state: Arc<StubState>, path: PathBuf, poll: bool, cancel: Can
 }
 
 /// Reads the whitelist and, if it parses, puts it in force and cuts off revoked connections.
-pub fn reload(state: &StubState, path: &PathBuf, reason: &str) {
+pub fn reload(state: &StubState, path: &Path, reason: &str) {
     let list = match Whitelist::load(path) {
         Ok(list) => list,
         Err(e) => {
