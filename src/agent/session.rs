@@ -14,7 +14,7 @@ use super::forward::serve_stream;
 use crate::wire::PROTOCOL_VERSION;
 use crate::wire::codes::AppCode;
 use crate::wire::frame::{Control, Hello};
-use crate::wire::io::{WireError, read_frame_within, write_frame};
+use crate::wire::io::{WireError, read_frame, read_frame_within, write_frame};
 
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -74,15 +74,58 @@ pub async fn run(
         }
     };
     if let SessionEnd::Shutdown = end {
-        tracing::info!(grace = ?config.grace, in_flight = streams.len(), "draining: finishing in-flight requests");
-        let _ = write_frame(&mut control, &Control::Drain).await;
-        streams.close();
-        if tokio::time::timeout(config.grace, streams.wait()).await.is_err() {
-            tracing::warn!(abandoned = streams.len(), "grace period over with requests still in flight");
-        }
-        conn.close(AppCode::Draining.varint(), b"agent shutting down");
+        drain(&conn, config, forwarder, &streams, &mut control, &mut control_recv).await;
     }
     end
+}
+
+/// Graceful shutdown: ask the stub to route nothing new here, keep serving whatever it opened
+/// before it heard that (until its `DrainAck`), let in-flight streams finish within the grace
+/// period, then close. A rolling restart of the replicas fails no request this way.
+async fn drain(
+    conn: &quinn::Connection,
+    config: &AgentConfig,
+    forwarder: &std::sync::Arc<Forwarder>,
+    streams: &TaskTracker,
+    control: &mut quinn::SendStream,
+    control_recv: &mut quinn::RecvStream,
+) {
+    tracing::info!(grace = ?config.grace, in_flight = streams.len(), "draining: asking the stub to route nothing new here");
+    let deadline = tokio::time::Instant::now() + config.grace;
+    let mut acked = write_frame(control, &Control::Drain).await.is_err();
+    let mut ack = std::pin::pin!(read_frame::<Control, _>(control_recv));
+    // Streams keep being accepted to the end: one the stub routed just before it heard the
+    // drain may still arrive, and is served like any other.
+    loop {
+        tokio::select! {
+            frame = &mut ack, if !acked => {
+                if !matches!(frame, Ok(Control::DrainAck)) {
+                    tracing::debug!(?frame, "no drain acknowledgement; finishing what is in flight");
+                }
+                acked = true;
+                streams.close();
+                tracing::info!(in_flight = streams.len(), "drained: no new requests; finishing in-flight ones");
+            }
+            accepted = conn.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    streams.spawn(serve_stream(forwarder.clone(), send, recv));
+                }
+                Err(_) => break,
+            },
+            _ = streams.wait(), if acked => break,
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(abandoned = streams.len(), "grace period over with requests still in flight");
+                break;
+            }
+        }
+    }
+    // Finishing the control stream tells the stub we sent our last response; it closes the
+    // connection once it has received them all. Closing here at once could lose their tails.
+    let _ = control.finish();
+    if tokio::time::timeout_at(deadline, conn.closed()).await.is_err() {
+        tracing::warn!("the stub did not close the drained connection within the grace period");
+    }
+    conn.close(AppCode::Draining.varint(), b"agent shutting down");
 }
 
 fn explain_wire(conn: &quinn::Connection, e: &WireError) -> String {

@@ -87,7 +87,7 @@ async fn serve_agent(incoming: Incoming, state: Arc<StubState>) {
             return;
         }
         tracing::info!(connection = link.id, build = %hello.build, "agent connected");
-        watch_control(&conn, &link, &mut control_recv).await;
+        watch_control(&conn, &link, &mut control_send, &mut control_recv).await;
         state.registry.remove(&link);
         let reason = conn.close_reason().map(|r| r.to_string()).unwrap_or_default();
         tracing::info!(connection = link.id, %reason, "agent disconnected");
@@ -119,7 +119,12 @@ async fn read_hello(conn: &Connection) -> Result<ControlStream, (AppCode, String
 }
 
 /// Follows the control stream until the connection ends.
-async fn watch_control(conn: &Connection, link: &AgentLink, control: &mut quinn::RecvStream) {
+async fn watch_control(
+    conn: &Connection,
+    link: &AgentLink,
+    control_send: &mut quinn::SendStream,
+    control: &mut quinn::RecvStream,
+) {
     loop {
         let frame = tokio::select! {
             frame = read_frame::<Control, _>(control) => frame,
@@ -129,14 +134,23 @@ async fn watch_control(conn: &Connection, link: &AgentLink, control: &mut quinn:
             Ok(Control::Drain) => {
                 tracing::info!(connection = link.id, "agent draining: routing nothing new to it");
                 link.set_draining();
+                // From here on `pick` skips this link, so the agent may count down to zero.
+                if let Err(e) = write_frame(control_send, &Control::DrainAck).await {
+                    tracing::debug!(error = %e, "could not acknowledge the drain");
+                }
             }
             Ok(other) => {
                 return close(conn, AppCode::ProtocolViolation, &format!("unexpected control frame {other:?}"));
             }
             Err(WireError::Closed) => {
-                // The agent finished its control stream: it is leaving.
+                // The agent finished its control stream: it has sent its last response. Close
+                // once every response has been received whole; closing sooner (on either side)
+                // would throw away response bytes still in flight.
                 link.set_draining();
-                conn.closed().await;
+                tokio::select! {
+                    _ = link.idle() => conn.close(AppCode::Normal.varint(), b"drained"),
+                    _ = conn.closed() => {}
+                }
                 return;
             }
             Err(WireError::Frame(e)) => return close(conn, AppCode::ProtocolViolation, &e.to_string()),

@@ -11,13 +11,14 @@ use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use quinn::SendStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::StubState;
 use super::audit::Pending;
+use super::registry::InFlight;
 use super::route::{self, RouteError};
 use crate::bridge::{self, Body, PumpError};
 use crate::identity::fingerprint::Fingerprint;
@@ -132,7 +133,7 @@ pub async fn handle(
 async fn forward(
     state: &StubState,
     caller: &Caller,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     request_id: &str,
     audit: &mut Pending,
 ) -> Result<Response<Body>, ForwardError> {
@@ -157,18 +158,6 @@ async fn forward(
         return Err(ForwardError::ClusterNotAllowed { user: claims.sub, cluster });
     }
 
-    let Some(in_flight) = state.registry.pick(&cluster) else {
-        return Err(if state.whitelist.get().has_cluster(&cluster) {
-            ForwardError::NoAgent(cluster)
-        } else {
-            ForwardError::UnknownCluster(cluster)
-        });
-    };
-    let link = in_flight.0.clone();
-    audit.record.agent = Some(link.name.clone());
-    tracing::debug!(connection = link.id, agent = %link.name, "routing");
-    let stream_err = |source| ForwardError::Stream { cluster: cluster.clone(), source };
-
     let upgrade = bridge::is_upgrade(req.headers());
     let mut headers = bridge::headers_to_wire(req.headers(), upgrade);
     // The token travels as the credential, never as a header the API server could see.
@@ -180,45 +169,116 @@ async fn forward(
         headers,
         credential: Some(token),
     };
-    let (mut send, mut recv) =
-        link.connection.open_bi().await.map_err(|e| stream_err(WireError::Io(std::io::Error::other(e))))?;
-    write_frame(&mut send, &head).await.map_err(stream_err)?;
 
-    if upgrade {
-        // An upgrade request has no body; the stream stays open for the pipe.
-        let on_upgrade = hyper::upgrade::on(&mut req);
-        let head: ResponseHead = read_frame(&mut recv).await.map_err(stream_err)?;
-        if head.status == StatusCode::SWITCHING_PROTOCOLS.as_u16() {
-            tokio::spawn(
-                async move {
-                    match on_upgrade.await {
-                        Ok(upgraded) => bridge::pipe(hyper_util::rt::TokioIo::new(upgraded), send, recv).await,
-                        Err(e) => tracing::debug!(error = %e, "caller's upgrade failed"),
-                    }
-                    drop(in_flight);
-                    tracing::debug!("upgraded stream closed");
+    // A request without a body whose method is idempotent (GET, HEAD, OPTIONS: reads and
+    // watches) can be sent again: if its stream fails before any response byte, it is retried
+    // once on another connection of the cluster (the other replica).
+    let replayable = !upgrade && is_idempotent(req.method()) && req.body().is_end_stream();
+    let mut failed_link = None;
+    loop {
+        let in_flight = pick(state, &cluster, failed_link)?;
+        let link = in_flight.0.clone();
+        audit.record.agent = Some(link.name.clone());
+        tracing::debug!(connection = link.id, agent = %link.name, "routing");
+        let stream_err = |source| ForwardError::Stream { cluster: cluster.clone(), source };
+
+        if replayable {
+            match send_head_and_wait(&link.connection, &head, true).await {
+                Ok((_send, recv, response_head)) => {
+                    tracing::debug!(status = response_head.status, "response head");
+                    return Ok(response_from(response_head, bridge::recv_body(recv, in_flight)));
                 }
-                .in_current_span(),
-            );
-            let mut response = Response::new(bridge::empty());
-            *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            *response.headers_mut() = bridge::headers_from_wire(&head.headers, true);
-            return Ok(response);
+                Err(e) if failed_link.is_none() => {
+                    tracing::warn!(connection = link.id, agent = %link.name, error = %e, "stream failed before any response; retrying on another connection");
+                    failed_link = Some(link.id);
+                    continue;
+                }
+                Err(e) => return Err(stream_err(e)),
+            }
         }
+
+        let (mut send, mut recv) =
+            link.connection.open_bi().await.map_err(|e| stream_err(WireError::Io(std::io::Error::other(e))))?;
+        write_frame(&mut send, &head).await.map_err(stream_err)?;
+
+        if upgrade {
+            return upgrade_response(req, send, recv, in_flight).await.map_err(stream_err);
+        }
+
+        // The request body flows on its own task, so a large upload and the response overlap.
+        // Dropping `cancel_on_drop` (the caller went away, or the response is done) resets the
+        // request side if it is still going.
+        let cancel = CancellationToken::new();
+        tokio::spawn(pump_request(req.into_body(), send, cancel.clone()).in_current_span());
+        let cancel_on_drop = cancel.drop_guard();
+
+        let response_head: ResponseHead = read_frame(&mut recv).await.map_err(stream_err)?;
+        tracing::debug!(status = response_head.status, "response head");
+        return Ok(response_from(response_head, bridge::recv_body(recv, (cancel_on_drop, in_flight))));
+    }
+}
+
+fn is_idempotent(method: &http::Method) -> bool {
+    matches!(*method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS)
+}
+
+/// The least busy routable connection of `cluster`, other than `excluding` when there is one.
+fn pick(state: &StubState, cluster: &str, excluding: Option<u64>) -> Result<InFlight, ForwardError> {
+    if let Some(in_flight) = state.registry.pick(cluster, excluding) {
+        return Ok(in_flight);
+    }
+    Err(if state.whitelist.get().has_cluster(cluster) {
+        ForwardError::NoAgent(cluster.to_owned())
+    } else {
+        ForwardError::UnknownCluster(cluster.to_owned())
+    })
+}
+
+/// Opens a stream, sends `head` (finishing the request side when `finish`), and waits for the
+/// response head. Every failure here happened before any response byte.
+async fn send_head_and_wait(
+    connection: &quinn::Connection,
+    head: &RequestHead,
+    finish: bool,
+) -> Result<(SendStream, quinn::RecvStream, ResponseHead), WireError> {
+    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| WireError::Io(std::io::Error::other(e)))?;
+    write_frame(&mut send, head).await?;
+    if finish {
+        let _ = send.finish();
+    }
+    let response_head = read_frame(&mut recv).await?;
+    Ok((send, recv, response_head))
+}
+
+/// An upgrade request: no body; after the agent's `101` the stream becomes a raw pipe to the
+/// caller's upgraded connection.
+async fn upgrade_response(
+    mut req: Request<Incoming>,
+    mut send: SendStream,
+    mut recv: quinn::RecvStream,
+    in_flight: InFlight,
+) -> Result<Response<Body>, WireError> {
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let head: ResponseHead = read_frame(&mut recv).await?;
+    if head.status != StatusCode::SWITCHING_PROTOCOLS.as_u16() {
         let _ = send.finish();
         return Ok(response_from(head, bridge::recv_body(recv, in_flight)));
     }
-
-    // The request body flows on its own task, so a large upload and the response overlap.
-    // Dropping `cancel_on_drop` (the caller went away, or the response is done) resets the
-    // request side if it is still going.
-    let cancel = CancellationToken::new();
-    tokio::spawn(pump_request(req.into_body(), send, cancel.clone()).in_current_span());
-    let cancel_on_drop = cancel.drop_guard();
-
-    let head: ResponseHead = read_frame(&mut recv).await.map_err(stream_err)?;
-    tracing::debug!(status = head.status, "response head");
-    Ok(response_from(head, bridge::recv_body(recv, (cancel_on_drop, in_flight))))
+    tokio::spawn(
+        async move {
+            match on_upgrade.await {
+                Ok(upgraded) => bridge::pipe(hyper_util::rt::TokioIo::new(upgraded), send, recv).await,
+                Err(e) => tracing::debug!(error = %e, "caller's upgrade failed"),
+            }
+            drop(in_flight);
+            tracing::debug!("upgraded stream closed");
+        }
+        .in_current_span(),
+    );
+    let mut response = Response::new(bridge::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *response.headers_mut() = bridge::headers_from_wire(&head.headers, true);
+    Ok(response)
 }
 
 fn response_from(head: ResponseHead, body: Body) -> Response<Body> {

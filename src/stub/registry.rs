@@ -20,6 +20,8 @@ pub struct AgentLink {
     pub connection: quinn::Connection,
     in_flight: AtomicUsize,
     draining: AtomicBool,
+    /// Notified when `in_flight` drops to zero.
+    idle: tokio::sync::Notify,
 }
 
 impl AgentLink {
@@ -39,6 +41,7 @@ impl AgentLink {
             connection,
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            idle: tokio::sync::Notify::new(),
         }
     }
 
@@ -50,6 +53,17 @@ impl AgentLink {
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
+
+    /// Completes once no request is in flight on this link (all responses fully received).
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.in_flight() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// Counts a request against its link while alive.
@@ -58,7 +72,9 @@ pub struct InFlight(pub Arc<AgentLink>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.idle.notify_waiters();
+        }
     }
 }
 
@@ -89,12 +105,14 @@ impl Registry {
         }
     }
 
-    /// The least busy routable link of `cluster`, counted as busy until the guard drops.
-    pub fn pick(&self, cluster: &str) -> Option<InFlight> {
+    /// The least busy routable link of `cluster` (not `excluding`, if given), counted as busy
+    /// until the guard drops.
+    pub fn pick(&self, cluster: &str, excluding: Option<u64>) -> Option<InFlight> {
         let clusters = self.lock();
         let link = clusters
             .get(cluster)?
             .iter()
+            .filter(|l| Some(l.id) != excluding)
             .filter(|l| !l.draining.load(Ordering::Relaxed) && l.connection.close_reason().is_none())
             .min_by_key(|l| l.in_flight())?
             .clone();

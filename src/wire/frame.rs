@@ -24,6 +24,9 @@ pub enum Control {
     Welcome(Welcome),
     /// Agent -> stub: route nothing new to this connection; in-flight streams finish.
     Drain,
+    /// Stub -> agent: no new stream will be routed to this connection. Streams opened before
+    /// this frame may still arrive and are served; after it the agent can count down to zero.
+    DrainAck,
 }
 
 /// The agent's introduction. The stub checks `cluster` against the certificate's whitelist entry.
@@ -187,6 +190,7 @@ mod tests {
                 build: b
             })),
             Just(Control::Drain),
+            Just(Control::DrainAck),
         ]
     }
 

@@ -160,6 +160,19 @@ impl Proc {
         }
     }
 
+    /// Waits (bounded) until the process has exited, and returns its status. Its output pipes
+    /// close when it exits, which ends the reader threads and closes the line channel.
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            match tokio::time::timeout_at(deadline, self.seen.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_closed)) => return self.child.wait().unwrap(),
+                Err(_) => panic!("{} did not exit within {PATIENCE:?}; log:\n{}", self.name, self.log()),
+            }
+        }
+    }
+
     /// Sends a signal to this process (and only this one, by its PID).
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status().unwrap();

@@ -1,0 +1,190 @@
+//! Two replicas that never drop a request: under steady load, a rolling SIGTERM restart of both
+//! agents fails nothing (drain: the stub routes nothing new to a draining agent, which finishes
+//! what it has); `kill -9` of one loses no request that had not started on it (idempotent ones
+//! whose stream died before any response byte are retried on the other replica); a frozen
+//! replica (SIGSTOP) is noticed within the idle timeout.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use http_body_util::BodyExt;
+use support::upstream::Upstream;
+use support::{Pki, Proc, StubProc, front_client, spawn_agent};
+
+/// A short idle timeout, so that dead peers are found quickly in these tests.
+const IDLE: &str = "2s";
+
+#[derive(Default)]
+struct Outcomes {
+    ok: AtomicUsize,
+    /// No response at all, or an error status: the failures these tests forbid.
+    failed: AtomicUsize,
+    /// The response had started when the connection died (allowed after kill -9 only).
+    cut: AtomicUsize,
+    progress: tokio::sync::Notify,
+    stop: AtomicBool,
+    errors: std::sync::Mutex<Vec<String>>,
+}
+
+impl Outcomes {
+    async fn wait_ok(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + support::PATIENCE;
+        loop {
+            let notified = self.progress.notified();
+            if self.ok.load(Ordering::SeqCst) >= n {
+                return;
+            }
+            tokio::time::timeout_at(deadline, notified).await.expect("the load makes progress");
+        }
+    }
+}
+
+/// `workers` loops sending requests (GET, and POST too if `posts`) until stopped.
+fn start_load(
+    pki: &Pki,
+    stub: &StubProc,
+    workers: usize,
+    posts: bool,
+) -> (Arc<Outcomes>, Vec<tokio::task::JoinHandle<()>>) {
+    let outcomes = Arc::new(Outcomes::default());
+    let handles = (0..workers)
+        .map(|w| {
+            let (client, outcomes) = (front_client(pki, w % 2 == 0), outcomes.clone());
+            let base = format!("{}/clusters/dev/echo", stub.url);
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !outcomes.stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let post = posts && n.is_multiple_of(2);
+                    let body = format!("worker {w} request {n}");
+                    let request = http::Request::builder()
+                        .method(if post { "POST" } else { "GET" })
+                        .uri(format!("{base}/{w}/{n}"))
+                        .body(tether::bridge::full(if post { body.clone() } else { String::new() }))
+                        .unwrap();
+                    let outcome = match client.request(request).await {
+                        Err(e) => Err(format!("no response: {e:?}")),
+                        Ok(response) if response.status() != 200 => {
+                            let status = response.status();
+                            let text = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            Err(format!("status {status}: {}", String::from_utf8_lossy(&text)))
+                        }
+                        Ok(response) => match response.into_body().collect().await.map(|b| b.to_bytes()) {
+                            Ok(got) if !post || got == body.as_bytes() => Ok(true),
+                            Ok(_) => Err("wrong body".into()),
+                            Err(_) => Ok(false),
+                        },
+                    };
+                    match outcome {
+                        Ok(true) => outcomes.ok.fetch_add(1, Ordering::SeqCst),
+                        Ok(false) => outcomes.cut.fetch_add(1, Ordering::SeqCst),
+                        Err(e) => {
+                            outcomes
+                                .errors
+                                .lock()
+                                .unwrap()
+                                .push(format!("{} /{w}/{n}: {e}", if post { "POST" } else { "GET" }));
+                            outcomes.failed.fetch_add(1, Ordering::SeqCst)
+                        }
+                    };
+                    outcomes.progress.notify_waiters();
+                }
+            })
+        })
+        .collect();
+    (outcomes, handles)
+}
+
+async fn stop_load(outcomes: &Outcomes, handles: Vec<tokio::task::JoinHandle<()>>) {
+    outcomes.stop.store(true, Ordering::SeqCst);
+    for handle in handles {
+        tokio::time::timeout(support::PATIENCE, handle).await.expect("workers finish").unwrap();
+    }
+}
+
+fn agent(pki: &Pki, stub: &StubProc, name: &str, upstream: &Upstream) -> Proc {
+    spawn_agent(pki, stub, "dev", name, &upstream.url(), &["--idle-timeout", IDLE])
+}
+
+struct Pair {
+    pki: Pki,
+    upstream: Upstream,
+    stub: StubProc,
+    agents: Vec<Proc>,
+}
+
+async fn pair() -> Pair {
+    let pki = Pki::new();
+    pki.agent("dev", "agent-0");
+    pki.agent("dev", "agent-1");
+    let upstream = Upstream::start().await;
+    let stub = StubProc::start_with(&pki, &["--idle-timeout", IDLE, "--audit-log", "off"]).await;
+    let mut agents = vec![agent(&pki, &stub, "agent-0", &upstream), agent(&pki, &stub, "agent-1", &upstream)];
+    for a in &mut agents {
+        a.wait_for("connected to stub").await;
+    }
+    Pair { pki, upstream, stub, agents }
+}
+
+#[tokio::test]
+async fn a_rolling_sigterm_restart_of_both_replicas_fails_no_request() {
+    let mut p = pair().await;
+    let (outcomes, load) = start_load(&p.pki, &p.stub, 6, true);
+    outcomes.wait_ok(50).await;
+    for i in 0..2 {
+        let name = format!("agent-{i}");
+        p.agents[i].signal("TERM");
+        let status = p.agents[i].wait_exit().await;
+        assert!(status.success(), "{name} exits cleanly after draining: {status}");
+        assert_eq!(p.agents[i].count("drained: no new requests"), 1, "{}", p.agents[i].log());
+        p.agents[i] = agent(&p.pki, &p.stub, &name, &p.upstream);
+        p.agents[i].wait_for("connected to stub").await;
+        let before = outcomes.ok.load(Ordering::SeqCst);
+        outcomes.wait_ok(before + 50).await;
+    }
+    stop_load(&outcomes, load).await;
+    let errors = outcomes.errors.lock().unwrap().clone();
+    assert!(errors.is_empty(), "{} failed requests: {errors:#?}", errors.len());
+    assert_eq!(outcomes.cut.load(Ordering::SeqCst), 0, "no response was cut off");
+    assert!(outcomes.ok.load(Ordering::SeqCst) >= 150);
+    assert_eq!(p.stub.proc.count("agent draining: routing nothing new to it"), 2);
+}
+
+#[tokio::test]
+async fn kill_9_of_one_replica_loses_no_request_that_had_not_started_on_it() {
+    let mut p = pair().await;
+    let (outcomes, load) = start_load(&p.pki, &p.stub, 6, false);
+    outcomes.wait_ok(50).await;
+    p.agents[0].signal("KILL");
+    // The stub notices the silent peer within the idle timeout; until then, requests sent to it
+    // wait, and are then retried on agent-1.
+    p.stub.proc.wait_for("agent disconnected").await;
+    let before = outcomes.ok.load(Ordering::SeqCst);
+    outcomes.wait_ok(before + 100).await;
+    stop_load(&outcomes, load).await;
+    let errors = outcomes.errors.lock().unwrap().clone();
+    assert!(errors.is_empty(), "{} requests failed without having started: {errors:#?}", errors.len());
+    eprintln!(
+        "ok {}, cut after their response started {}, retried {}",
+        outcomes.ok.load(Ordering::SeqCst),
+        outcomes.cut.load(Ordering::SeqCst),
+        p.stub.proc.count("retrying on another connection")
+    );
+}
+
+#[tokio::test]
+async fn a_frozen_replica_is_noticed_within_the_idle_timeout() {
+    let mut p = pair().await;
+    p.agents[0].signal("STOP");
+    let line = p.stub.proc.wait_for("agent disconnected").await;
+    assert!(line.contains("name=agent-0") && line.contains("timed out"), "{line}");
+    // Requests go to the live replica.
+    let client = front_client(&p.pki, false);
+    for i in 0..20 {
+        let (status, _, _) = support::call(&client, "GET", &format!("{}/clusters/dev/echo/{i}", p.stub.url), "").await;
+        assert_eq!(status, 200);
+    }
+    p.agents[0].signal("CONT");
+}
