@@ -188,3 +188,44 @@ async fn a_frozen_replica_is_noticed_within_the_idle_timeout() {
     }
     p.agents[0].signal("CONT");
 }
+
+#[tokio::test]
+async fn a_stub_restart_heals_without_manual_action() {
+    let mut p = pair().await;
+    let (quic, https) = (p.stub.quic.clone(), p.stub.url.trim_start_matches("https://").to_owned());
+    p.stub.proc.signal("TERM");
+    assert!(p.stub.proc.wait_exit().await.success());
+    for a in &mut p.agents {
+        a.wait_for("peer is going away").await;
+    }
+    // The same addresses, as a restarted stub behind a fixed address would have.
+    p.stub = StubProc::start_at(&p.pki, &quic, &https, &["--idle-timeout", IDLE, "--audit-log", "off"]).await;
+    for a in &mut p.agents {
+        a.wait_for_count("connected to stub", 2).await;
+    }
+    let client = front_client(&p.pki, false);
+    let (status, _, _) = support::call(&client, "GET", &format!("{}/clusters/dev/echo", p.stub.url), "").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_watch_survives_the_agent_moving_to_a_new_udp_socket() {
+    let mut p = pair().await;
+    // Only agent-0, so the watch certainly runs on the agent that moves.
+    p.agents.truncate(1);
+    let client = front_client(&p.pki, false);
+    let response = client.get(format!("{}/clusters/dev/chunks", p.stub.url).parse().unwrap()).await.unwrap();
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, bytes::Bytes::from_static(b"event-1\n"));
+
+    p.agents[0].signal("USR1");
+    p.agents[0].wait_for("rebound UDP socket").await;
+    // The next event crosses the migrated path on the same stream.
+    p.upstream.seen.release.notify_one();
+    let rest = body.collect().await.expect("the watch outlives the move").to_bytes();
+    assert_eq!(rest, bytes::Bytes::from_static(b"event-2\n"));
+    assert_eq!(p.agents[0].count("connected to stub"), 1, "the same connection throughout");
+    let (status, _, _) = support::call(&client, "GET", &format!("{}/clusters/dev/echo", p.stub.url), "").await;
+    assert_eq!(status, 200);
+}

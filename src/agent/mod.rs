@@ -76,6 +76,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
             .context("binding the agent's UDP socket")?,
     };
     let server_name = config.server_name.clone().unwrap_or_else(|| host_of(&config.stub).to_owned());
+    tokio::spawn(rebind_on_sigusr1(endpoint.clone()));
 
     let cancel = CancellationToken::new();
     let on_shutdown = cancel.clone();
@@ -113,6 +114,24 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// `SIGUSR1` moves the agent to a new UDP socket (a new local port), as a network change would.
+/// QUIC connection migration keeps the connection and every stream on it; this is how that is
+/// exercised on purpose (and a way to shake off a NAT binding that went bad).
+async fn rebind_on_sigusr1(endpoint: quinn::Endpoint) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else { return };
+    while usr1.recv().await.is_some() {
+        let old = endpoint.local_addr().ok();
+        let bind = old.map_or_else(|| "0.0.0.0:0".parse().expect("valid address"), |a| SocketAddr::new(a.ip(), 0));
+        match quic::bind_udp(bind).and_then(|socket| endpoint.rebind(socket)) {
+            Ok(()) => {
+                tracing::info!(from = ?old, to = ?endpoint.local_addr().ok(), "rebound UDP socket (connection migrates)")
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot rebind the UDP socket"),
+        }
+    }
 }
 
 async fn dial(

@@ -228,8 +228,13 @@ impl StubProc {
 
     /// A stub with extra arguments (e.g. `--audit-log FILE`).
     pub async fn start_with(pki: &Pki, extra: &[&str]) -> StubProc {
+        StubProc::start_at(pki, "127.0.0.1:0", "127.0.0.1:0", extra).await
+    }
+
+    /// A stub on these addresses (to restart one where the previous one was).
+    pub async fn start_at(pki: &Pki, quic: &str, https: &str, extra: &[&str]) -> StubProc {
         let certs = pki.path().to_str().unwrap();
-        let mut args = vec!["stub", "--certs", certs, "--quic-listen", "127.0.0.1:0", "--https-listen", "127.0.0.1:0"];
+        let mut args = vec!["stub", "--certs", certs, "--quic-listen", quic, "--https-listen", https];
         args.extend_from_slice(extra);
         let mut proc = Proc::spawn("stub", &args);
         let line = proc.wait_for("stub listening").await;
