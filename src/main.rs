@@ -16,6 +16,7 @@ use tether::identity::whitelist::Registered;
 use tether::kubeconfig::UserKubeconfig;
 use tether::quic::Tuning;
 use tether::stub::audit::AuditTarget;
+use tether::stub::limits::Limits;
 use tether::stub::{Stub, StubConfig};
 
 /// A QUIC reverse tunnel from a hub to the Kubernetes API servers of clusters it cannot dial.
@@ -172,6 +173,12 @@ struct StubArgs {
     /// Audit log: a file to append one JSON line per request to, `-` for stdout, `off` for none.
     #[arg(long, env = "TETHER_AUDIT_LOG", default_value = "-")]
     audit_log: AuditTarget,
+    /// Requests one user may have in flight at once (watches count); beyond it, 429. 0: no limit.
+    #[arg(long, env = "TETHER_MAX_REQUESTS_PER_USER", default_value_t = 2000)]
+    max_requests_per_user: usize,
+    /// Requests one cluster may have in flight at once; beyond it, 429. 0: no limit.
+    #[arg(long, env = "TETHER_MAX_REQUESTS_PER_CLUSTER", default_value_t = 30000)]
+    max_requests_per_cluster: usize,
     /// Reload the whitelist only on SIGHUP, not also when the file changes.
     #[arg(long, env = "TETHER_NO_WATCH_WHITELIST")]
     no_watch_whitelist: bool,
@@ -273,6 +280,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 issuer_pub: args.issuer_pub.unwrap_or_else(|| dir.issuer_pub()),
                 audit: args.audit_log,
                 watch_whitelist: !args.no_watch_whitelist,
+                limits: Limits { per_user: args.max_requests_per_user, per_cluster: args.max_requests_per_cluster },
                 certs: dir,
                 quic_listen: args.quic_listen,
                 https_listen: args.https_listen,

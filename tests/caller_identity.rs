@@ -238,3 +238,28 @@ async fn a_websocket_upgrade_becomes_a_raw_pipe_both_ways() {
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(big));
     ws.close(None).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_user_over_the_limit_gets_429_without_hurting_others() {
+    let t = tunnel(&["--max-requests-per-user", "2"]).await;
+    let client = front_client(&t.pki, false).with_token(Some(t.pki.token("flood", &[], &["dev"])));
+    // Two held responses use up the allowance of user "flood"...
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let response = client.get(format!("{}/clusters/dev/hold", t.stub.url).parse().unwrap()).await.unwrap();
+        assert_eq!(response.status(), 200);
+        held.push(response);
+    }
+    let (status, _, body) = call(&client, "GET", &format!("{}/clusters/dev/echo", t.stub.url), "").await;
+    assert_eq!(status, 429);
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["reason"], "TooManyRequests");
+    assert!(json["message"].as_str().unwrap().contains(r#"user "flood" already has 2 requests in flight"#), "{json}");
+    // ...while another user is served.
+    let other = front_client(&t.pki, false).with_token(Some(t.pki.token("calm", &[], &["dev"])));
+    assert_eq!(call(&other, "GET", &format!("{}/clusters/dev/echo", t.stub.url), "").await.0, 200);
+    // A finished request frees its place.
+    drop(held.pop());
+    t.upstream.wait_abandoned(1).await;
+    assert_eq!(call(&client, "GET", &format!("{}/clusters/dev/echo", t.stub.url), "").await.0, 200);
+}

@@ -18,6 +18,7 @@ use tracing::Instrument;
 
 use super::StubState;
 use super::audit::Pending;
+use super::limits::LimitError;
 use super::registry::InFlight;
 use super::route::{self, RouteError};
 use crate::bridge::{self, Body, PumpError};
@@ -54,6 +55,8 @@ enum ForwardError {
     CertificateBinding,
     #[error("user {user:?} may not reach cluster {cluster:?} through tether")]
     ClusterNotAllowed { user: String, cluster: String },
+    #[error(transparent)]
+    Limit(#[from] LimitError),
     #[error("cluster {0:?} is not registered with this stub")]
     UnknownCluster(String),
     #[error("no agent of cluster {0:?} is connected")]
@@ -75,6 +78,7 @@ impl ForwardError {
                 StatusCode::UNAUTHORIZED
             }
             ForwardError::ClusterNotAllowed { .. } => StatusCode::FORBIDDEN,
+            ForwardError::Limit(_) => StatusCode::TOO_MANY_REQUESTS,
             ForwardError::UnknownCluster(_) | ForwardError::NoAgent(_) => StatusCode::SERVICE_UNAVAILABLE,
             ForwardError::Stream { .. } => StatusCode::BAD_GATEWAY,
         }
@@ -157,7 +161,30 @@ async fn forward(
     if !claims.allows_cluster(&cluster) {
         return Err(ForwardError::ClusterNotAllowed { user: claims.sub, cluster });
     }
+    // Counted until the response body ends (an upgraded pipe is not counted).
+    let admitted = state.limits.admit(&claims.sub, &cluster)?;
+    let path_and_query = route.path_and_query;
+    let response = send_to_agent(state, req, request_id, token, path_and_query, cluster, audit).await?;
+    Ok(response.map(|body| {
+        body.map_frame(move |frame| {
+            let _counted = &admitted;
+            frame
+        })
+        .boxed_unsync()
+    }))
+}
 
+/// Sends the request on a stream of one of the cluster's agent connections and returns the
+/// response as it starts arriving.
+async fn send_to_agent(
+    state: &StubState,
+    req: Request<Incoming>,
+    request_id: &str,
+    token: String,
+    path_and_query: String,
+    cluster: String,
+    audit: &mut Pending,
+) -> Result<Response<Body>, ForwardError> {
     let upgrade = bridge::is_upgrade(req.headers());
     let mut headers = bridge::headers_to_wire(req.headers(), upgrade);
     // The token travels as the credential, never as a header the API server could see.
@@ -165,7 +192,7 @@ async fn forward(
     let head = RequestHead {
         request_id: request_id.to_owned(),
         method: req.method().as_str().to_owned(),
-        path_and_query: route.path_and_query,
+        path_and_query,
         headers,
         credential: Some(token),
     };

@@ -6,12 +6,14 @@
 //! - [`forward`]: one request from the front door over its own QUIC stream and back.
 //! - [`route`]: `/clusters/{cluster}/{path}` -> cluster and upstream path.
 //! - [`audit`]: one JSON line per request.
+//! - [`limits`]: requests in flight per user and per cluster (429 beyond).
 //! - [`reload`]: the whitelist reloaded on change and on SIGHUP; revoked agents cut off.
 
 pub mod agents;
 pub mod audit;
 pub mod forward;
 pub mod front_door;
+pub mod limits;
 pub mod registry;
 pub mod reload;
 pub mod route;
@@ -49,6 +51,7 @@ pub struct StubConfig {
     pub audit: AuditTarget,
     /// Reload the whitelist when its file changes (besides on SIGHUP).
     pub watch_whitelist: bool,
+    pub limits: limits::Limits,
 }
 
 /// State shared by the QUIC side and the front door.
@@ -58,6 +61,7 @@ pub struct StubState {
     pub whitelist: WhitelistHandle,
     pub tokens: TokenVerifier,
     pub audit: AuditLog,
+    pub limits: Arc<limits::Counters>,
 }
 
 /// A stub whose sockets are bound (so its addresses are known) but not yet serving.
@@ -91,7 +95,13 @@ impl Stub {
         let listener = TcpListener::bind(config.https_listen)
             .await
             .with_context(|| format!("binding the HTTPS listener on {}", config.https_listen))?;
-        let state = Arc::new(StubState { registry: registry::Registry::default(), whitelist, tokens, audit });
+        let state = Arc::new(StubState {
+            registry: registry::Registry::default(),
+            whitelist,
+            tokens,
+            audit,
+            limits: limits::Counters::new(config.limits),
+        });
         Ok(Stub {
             endpoint,
             listener,
