@@ -214,8 +214,19 @@ struct AgentArgs {
     #[arg(long, env = "TETHER_ISSUER_PUB")]
     issuer_pub: Option<PathBuf>,
     /// The API server (or any HTTP(S) server) to forward to.
-    #[arg(long, env = "TETHER_UPSTREAM", conflicts_with = "kubeconfig", required_unless_present = "kubeconfig")]
+    #[arg(
+        long,
+        env = "TETHER_UPSTREAM",
+        conflicts_with_all = ["kubeconfig", "in_cluster"],
+        required_unless_present_any = ["kubeconfig", "in_cluster"]
+    )]
     upstream: Option<String>,
+    /// Running in a pod: use its service account (token and CA files) and KUBERNETES_SERVICE_*.
+    #[arg(long, env = "TETHER_IN_CLUSTER", conflicts_with = "kubeconfig")]
+    in_cluster: bool,
+    /// Where the pod's service account files are (with --in-cluster).
+    #[arg(long, env = "TETHER_SERVICEACCOUNT_DIR", default_value = "/var/run/secrets/kubernetes.io/serviceaccount")]
+    serviceaccount_dir: PathBuf,
     /// CA of the --upstream server's certificate.
     #[arg(long, env = "TETHER_UPSTREAM_CA", requires = "upstream")]
     upstream_ca: Option<PathBuf>,
@@ -296,7 +307,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let upstream = match (args.upstream, args.kubeconfig) {
                 (Some(url), _) => UpstreamSource::Url { url, ca: args.upstream_ca },
                 (None, Some(path)) => UpstreamSource::Kubeconfig { path, context: args.context },
-                (None, None) => anyhow::bail!("give --upstream URL or --kubeconfig FILE"),
+                (None, None) if args.in_cluster => UpstreamSource::InCluster { dir: args.serviceaccount_dir },
+                (None, None) => anyhow::bail!("give --upstream URL, --kubeconfig FILE or --in-cluster"),
             };
             let config = AgentConfig {
                 cert: args.cert.unwrap_or_else(|| dir.agent_cert(&args.cluster, &args.name)),

@@ -102,3 +102,34 @@ async fn an_https_upstream_url_is_verified_against_its_ca() {
     assert!(body.contains("could not reach its API server") && body.to_lowercase().contains("certificate"), "{body}");
     assert_eq!(upstream.requests(), before);
 }
+
+#[tokio::test]
+async fn in_cluster_mode_uses_the_pods_service_account_files_and_environment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (upstream, ca_file) = https_upstream(tmp.path()).await;
+    let sa = tmp.path().join("serviceaccount");
+    std::fs::create_dir(&sa).unwrap();
+    std::fs::copy(&ca_file, sa.join("ca.crt")).unwrap();
+    std::fs::write(sa.join("token"), "sa-token-1").unwrap(); // as the kubelet writes it: no newline
+    std::fs::write(sa.join("namespace"), "tether\n").unwrap();
+    let pki = Pki::new();
+    pki.agent("dev", "agent-0");
+    let stub = StubProc::start(&pki).await;
+    let stub_addr = format!("localhost:{}", stub.quic.rsplit(':').next().unwrap());
+    let certs = pki.path().to_str().unwrap();
+    let args =
+        ["agent", "--certs", certs, "--cluster", "dev", "--name", "agent-0", "--stub", &stub_addr, "--in-cluster"];
+    let sa_dir = ["--serviceaccount-dir", sa.to_str().unwrap()];
+    let port = upstream.addr.port().to_string();
+    let env = [("KUBERNETES_SERVICE_HOST", "127.0.0.1"), ("KUBERNETES_SERVICE_PORT", port.as_str())];
+    let mut agent = support::Proc::spawn_with_env("agent", &[&args[..], &sa_dir[..]].concat(), &env);
+    agent.wait_for("connected to stub").await;
+    let headers = echo_with_caller_identity(&pki, &stub, "dev").await;
+    assert_eq!(headers["x-authorization-seen"], "Bearer sa-token-1", "the pod's service account token");
+
+    // Outside a pod the same flags fail at once, naming what is missing.
+    let mut outside = support::Proc::spawn("agent outside", &[&args[..], &sa_dir[..]].concat());
+    let status = outside.wait_exit().await;
+    assert!(!status.success());
+    assert!(outside.log().contains("KUBERNETES_SERVICE_HOST is not set"), "{}", outside.log());
+}

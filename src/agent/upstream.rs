@@ -24,6 +24,10 @@ pub enum UpstreamSource {
     Url { url: String, ca: Option<PathBuf> },
     /// A kubeconfig file, optionally a context of it.
     Kubeconfig { path: PathBuf, context: Option<String> },
+    /// Inside a pod: the API server from `KUBERNETES_SERVICE_HOST`/`_PORT`, the pod's service
+    /// account token and CA from `dir` (normally /var/run/secrets/kubernetes.io/serviceaccount).
+    /// The token file is re-read as the kubelet rotates it, and the CA file as it changes.
+    InCluster { dir: PathBuf },
 }
 
 /// Why the upstream could not be set up.
@@ -46,9 +50,33 @@ pub enum UpstreamError {
         #[source]
         source: kube::config::KubeconfigError,
     },
+    /// In-cluster mode without the environment a pod has.
+    #[error("--in-cluster: {0} is not set (it is in every pod; outside one, use --kubeconfig)")]
+    NotInCluster(&'static str),
     /// kube could not build TLS or authentication from the configuration.
     #[error("cannot set up TLS or credentials for the API server")]
     Kube(#[source] kube::Error),
+}
+
+/// The configuration a pod has: service host and port from the environment, token and CA files.
+fn in_cluster(dir: &std::path::Path) -> Result<kube::Config, UpstreamError> {
+    let env = |name: &'static str| std::env::var(name).map_err(|_| UpstreamError::NotInCluster(name));
+    let (host, port) = (env("KUBERNETES_SERVICE_HOST")?, env("KUBERNETES_SERVICE_PORT")?);
+    let host = if host.contains(':') { format!("[{host}]") } else { host };
+    let url = format!("https://{host}:{port}");
+    let uri = url.parse().map_err(|source| UpstreamError::BadUrl { url: url.clone(), source })?;
+    let ca = dir.join("ca.crt");
+    let mut config = kube::Config::new(uri);
+    config.root_cert = Some(files::load_certs(&ca)?.into_iter().map(|c| c.to_vec()).collect());
+    config.root_cert_file = Some(ca);
+    let token = dir.join("token");
+    // Read once now so a missing file is an error at start, not at the first request.
+    files::load_text(&token, "cannot read the service account token")?;
+    config.auth_info.token_file = Some(token.display().to_string());
+    if let Ok(namespace) = std::fs::read_to_string(dir.join("namespace")) {
+        config.default_namespace = namespace.trim().to_owned();
+    }
+    Ok(config)
 }
 
 type Service = tower::util::BoxCloneSyncService<Request<Body>, Response<Incoming>, BoxError>;
@@ -87,6 +115,7 @@ impl Upstream {
                     .await
                     .map_err(|source| UpstreamError::Kubeconfig { path: path.clone(), source })?
             }
+            UpstreamSource::InCluster { dir } => in_cluster(dir)?,
         };
         Upstream::from_config(config)
     }

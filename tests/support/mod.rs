@@ -99,8 +99,14 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, args: &[&str]) -> Proc {
+        Proc::spawn_with_env(name, args, &[])
+    }
+
+    /// Like [`Proc::spawn`], with extra environment variables.
+    pub fn spawn_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let mut child = Command::new(tether_bin())
             .args(args)
+            .envs(env.iter().copied())
             .env("TETHER_LOG", std::env::var("TETHER_TEST_LOG").unwrap_or_else(|_| "info,tether=debug".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
