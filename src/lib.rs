@@ -15,13 +15,17 @@
 //! - [`stub`]: the hub side (agent listener, registry, HTTPS front door, forwarding).
 //! - [`agent`]: the cluster side (dial loop, session, forwarding to the API server).
 //! - [`status`]: errors as Kubernetes `Status` JSON.
+//! - [`admin`]: `/healthz` and `/readyz` for probes.
+//! - [`register`]: the manifest that installs an agent in a cluster.
 //! - [`shutdown`]: SIGINT and SIGTERM as one future.
 
+pub mod admin;
 pub mod agent;
 pub mod bridge;
 pub mod identity;
 pub mod kubeconfig;
 pub mod quic;
+pub mod register;
 pub mod shutdown;
 pub mod status;
 pub mod stub;

@@ -15,6 +15,7 @@ use tether::identity::token::{Claims, Confirmation, TokenIssuer};
 use tether::identity::whitelist::Registered;
 use tether::kubeconfig::UserKubeconfig;
 use tether::quic::Tuning;
+use tether::register::Registration;
 use tether::stub::audit::AuditTarget;
 use tether::stub::limits::Limits;
 use tether::stub::{Stub, StubConfig};
@@ -40,6 +41,28 @@ enum Command {
     Token(TokenArgs),
     /// Print a kubeconfig that points kubectl at one cluster through the stub.
     Kubeconfig(KubeconfigArgs),
+    /// Print the manifest that installs an agent in a cluster (issuing and registering its
+    /// certificate if it has none yet).
+    Register(RegisterArgs),
+}
+
+#[derive(Args)]
+struct RegisterArgs {
+    #[arg(long, env = "TETHER_CERTS", default_value = "certs")]
+    certs: PathBuf,
+    #[arg(long)]
+    cluster: String,
+    /// Agent name (both replicas share its certificate).
+    #[arg(long, default_value = "agent")]
+    name: String,
+    /// The stub's QUIC address as the cluster reaches it, HOST:PORT.
+    #[arg(long)]
+    stub: String,
+    /// Container image with the tether binary.
+    #[arg(long, default_value = concat!("tether:", env!("CARGO_PKG_VERSION")))]
+    image: String,
+    #[arg(long, default_value = "tether-system")]
+    namespace: String,
 }
 
 #[derive(Args)]
@@ -247,6 +270,9 @@ struct AgentArgs {
     /// How long in-flight requests may take to finish on shutdown.
     #[arg(long, env = "TETHER_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     grace: Duration,
+    /// Serve /healthz and /readyz (ready while connected to the stub) on this address.
+    #[arg(long, env = "TETHER_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
     #[command(flatten)]
     quic: QuicArgs,
 }
@@ -324,6 +350,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 backoff_min: args.backoff_min,
                 backoff_max: args.backoff_max,
                 grace: args.grace,
+                admin_listen: args.admin_listen,
             };
             agent::run(config, tether::shutdown::signal()).await
         }
@@ -332,6 +359,39 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 tether::identity::names::validate("cluster", cluster)?;
             }
             println!("{}", mint_token(&args.identity, &args.clusters)?);
+            Ok(())
+        }
+        Command::Register(args) => {
+            let dir = CertDir::new(&args.certs);
+            tether::identity::names::validate("namespace", &args.namespace)?;
+            let cert = dir.agent_cert(&args.cluster, &args.name);
+            let fingerprint = if cert.exists() {
+                certs::register_in_dir(&dir, &args.cluster, &args.name, &cert)?.0
+            } else {
+                certs::agent_in_dir(&dir, &args.cluster, &args.name, 365, false, true)?.0
+            };
+            eprintln!(
+                "agent {}/{} ({fingerprint}) is registered in {}",
+                args.cluster,
+                args.name,
+                dir.whitelist().display()
+            );
+            let text = |path: PathBuf, what| tether::identity::files::load_text(&path, what);
+            let manifest = Registration {
+                namespace: &args.namespace,
+                cluster: &args.cluster,
+                name: &args.name,
+                stub: &args.stub,
+                image: &args.image,
+                ca_pem: &text(dir.ca_cert(), "cannot read the CA certificate")?,
+                cert_pem: &text(cert, "cannot read the agent certificate")?,
+                key_pem: &text(dir.agent_key(&args.cluster, &args.name), "cannot read the agent key")?,
+                issuer_pub_pem: &text(
+                    dir.issuer_pub(),
+                    "cannot read the issuer public key (run `tether certs issuer`)",
+                )?,
+            };
+            print!("{}", manifest.render());
             Ok(())
         }
         Command::Kubeconfig(args) => {

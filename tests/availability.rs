@@ -229,3 +229,29 @@ async fn a_watch_survives_the_agent_moving_to_a_new_udp_socket() {
     let (status, _, _) = support::call(&client, "GET", &format!("{}/clusters/dev/echo", p.stub.url), "").await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn the_agent_is_ready_only_while_connected() {
+    let pki = Pki::new();
+    pki.agent("dev", "agent-0");
+    let upstream = Upstream::start().await;
+    let stub = StubProc::start(&pki).await;
+    let mut agent = spawn_agent(&pki, &stub, "dev", "agent-0", &upstream.url(), &["--admin-listen", "127.0.0.1:0"]);
+    let line = agent.wait_for("admin listening").await;
+    let admin = line.split("admin=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    agent.wait_for("connected to stub").await;
+    let probe = |path: &'static str| {
+        let url = format!("http://{admin}{path}");
+        async move {
+            let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<tether::bridge::Body>();
+            client.get(url.parse().unwrap()).await.unwrap().status().as_u16()
+        }
+    };
+    assert_eq!(probe("/healthz").await, 200);
+    assert_eq!(probe("/readyz").await, 200);
+    stub.proc.signal("TERM");
+    agent.wait_for("peer is going away").await;
+    assert_eq!(probe("/readyz").await, 503, "not ready without a stub");
+    assert_eq!(probe("/healthz").await, 200, "but alive");
+}

@@ -610,3 +610,39 @@ fn single(mut lines: Vec<Value>, what: &str) -> Value {
     assert_eq!(lines.len(), 1, "{what}: expected one stub audit line, got {lines:#?}");
     lines.pop().unwrap()
 }
+
+#[tokio::test]
+async fn the_register_manifest_passes_a_server_side_dry_run() {
+    let cluster = DevCluster::shared().await;
+    let pki = support::Pki::new();
+    let out = std::process::Command::new(support::tether_bin())
+        .args(["register", "--certs", pki.path().to_str().unwrap(), "--cluster", "dev", "--stub", "hub.example:7443"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let manifest = String::from_utf8(out.stdout).unwrap();
+    // Registering issued and whitelisted the certificate the manifest carries.
+    let fingerprint = tether::identity::certs::fingerprint_of_file(&pki.dir.agent_cert("dev", "agent")).unwrap();
+    let whitelist = std::fs::read_to_string(pki.dir.whitelist()).unwrap();
+    assert!(whitelist.contains(&format!("dev agent {fingerprint}")), "{whitelist}");
+
+    // A server-side dry run creates nothing, so the namespaced objects need their namespace to
+    // exist already (as it would after a real apply of the first document).
+    cluster.apply_as_admin("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: tether-system\n").await;
+    let output = cluster
+        .kubectl_with_stdin(&cluster.admin_kubeconfig(), &["apply", "--dry-run=server", "-f", "-"], Some(&manifest))
+        .await;
+    let said = expect_ok(&output, "kubectl apply --dry-run=server of the register manifest");
+    for object in [
+        "namespace/tether-system",
+        "serviceaccount/tether-agent created",
+        "clusterrole.rbac.authorization.k8s.io/tether:tether-system:impersonator created",
+        "clusterrolebinding.rbac.authorization.k8s.io/tether:tether-system:impersonator created",
+        "secret/tether-agent created",
+        "deployment.apps/tether-agent created",
+    ] {
+        assert!(said.contains(object), "{object} missing from:\n{said}");
+    }
+    assert!(manifest.contains("replicas: 2") && manifest.contains("path: /readyz"), "{manifest}");
+    assert!(manifest.contains(r#"verbs: ["impersonate"]"#) && manifest.matches("verbs:").count() == 1, "{manifest}");
+}

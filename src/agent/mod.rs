@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::Readiness;
 use crate::identity::files;
 use crate::identity::tls;
 use crate::identity::token::TokenVerifier;
@@ -49,6 +50,8 @@ pub struct AgentConfig {
     pub backoff_max: Duration,
     /// How long in-flight requests may run on after a shutdown signal.
     pub grace: Duration,
+    /// Where to serve `/healthz` and `/readyz` (ready while connected and welcomed).
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// A connection that lasted this long was healthy: the next failure starts backoff afresh.
@@ -86,11 +89,18 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     });
     tracing::info!(cluster = %config.cluster, name = %config.name, stub = %config.stub, upstream = upstream.url(), "agent starting");
     let forwarder = Arc::new(Forwarder { upstream, tokens, cluster: config.cluster.clone() });
+    let readiness = Readiness::default();
+    if let Some(addr) = config.admin_listen {
+        let bound = crate::admin::serve(addr, readiness.clone())
+            .await
+            .with_context(|| format!("binding the admin listener on {addr}"))?;
+        tracing::info!(admin = %bound, "admin listening (/healthz, /readyz)");
+    }
     let mut backoff = Backoff::new(config.backoff_min, config.backoff_max);
     while !cancel.is_cancelled() {
         let started = Instant::now();
         let end = match dial(&endpoint, &client_config, &config.stub, &server_name).await {
-            Ok(conn) => session::run(conn, &config, &forwarder, &cancel).await,
+            Ok(conn) => session::run(conn, &config, &forwarder, &cancel, &readiness).await,
             Err(reason) => SessionEnd::Lost { welcomed: false, reason },
         };
         let SessionEnd::Lost { welcomed, reason } = end else {

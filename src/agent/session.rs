@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 use super::AgentConfig;
 use super::forward::Forwarder;
 use super::forward::serve_stream;
+use crate::admin::Readiness;
 use crate::wire::PROTOCOL_VERSION;
 use crate::wire::codes::AppCode;
 use crate::wire::frame::{Control, Hello};
@@ -33,6 +34,7 @@ pub async fn run(
     config: &AgentConfig,
     forwarder: &std::sync::Arc<Forwarder>,
     shutdown: &CancellationToken,
+    readiness: &Readiness,
 ) -> SessionEnd {
     let lost = |welcomed, reason: String| SessionEnd::Lost { welcomed, reason };
     let (mut control, mut control_recv) = match conn.open_bi().await {
@@ -59,6 +61,7 @@ pub async fn run(
         Err(e) => return lost(false, explain_wire(&conn, &e)),
     };
     tracing::info!(connection = connection_id, stub = %config.stub, "connected to stub");
+    readiness.set(true);
 
     let streams = TaskTracker::new();
     let end = loop {
@@ -73,6 +76,7 @@ pub async fn run(
             Err(e) => break lost(true, explain(&e)),
         }
     };
+    readiness.set(false);
     if let SessionEnd::Shutdown = end {
         drain(&conn, config, forwarder, &streams, &mut control, &mut control_recv).await;
     }

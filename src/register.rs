@@ -1,0 +1,197 @@
+//! `tether register`: the manifest that installs an agent in a cluster, as a console hands it to
+//! that cluster's admin. Namespace, service account, a ClusterRole that may only impersonate
+//! users and groups, its binding, a Secret with the agent's certificate, key, the tether CA and
+//! the token issuer's public key, and a Deployment with two replicas (spread over nodes, ready
+//! only while connected to the stub, with resource requests). Both replicas use the one
+//! registered certificate; the stub tells their connections apart.
+
+use base64::Engine;
+
+/// What goes into the manifest.
+pub struct Registration<'a> {
+    pub namespace: &'a str,
+    pub cluster: &'a str,
+    pub name: &'a str,
+    /// The stub's QUIC address, HOST:PORT, as the agent will dial it.
+    pub stub: &'a str,
+    pub image: &'a str,
+    pub ca_pem: &'a str,
+    pub cert_pem: &'a str,
+    pub key_pem: &'a str,
+    pub issuer_pub_pem: &'a str,
+}
+
+/// Port of the agent's admin listener (probes).
+const ADMIN_PORT: u16 = 8080;
+
+fn b64(text: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// A YAML scalar with every special character escaped (a JSON string is valid YAML).
+fn q(text: &str) -> String {
+    serde_json::Value::String(text.to_owned()).to_string()
+}
+
+impl Registration<'_> {
+    /// The manifest, as YAML documents.
+    pub fn render(&self) -> String {
+        let ns = q(self.namespace);
+        let args = [
+            "agent",
+            "--cluster",
+            self.cluster,
+            "--name",
+            self.name,
+            "--stub",
+            self.stub,
+            "--in-cluster",
+            "--cert",
+            "/etc/tether/agent.crt",
+            "--key",
+            "/etc/tether/agent.key",
+            "--ca",
+            "/etc/tether/ca.crt",
+            "--issuer-pub",
+            "/etc/tether/issuer.pub",
+            "--admin-listen",
+            &format!("0.0.0.0:{ADMIN_PORT}"),
+        ];
+        let args: Vec<String> = args.iter().map(|a| q(a)).collect();
+        format!(
+            r#"# tether agent for cluster {cluster} (stub {stub}). Apply with: kubectl apply -f <this file>
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: {ns}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: tether-agent
+  namespace: {ns}
+---
+# The agent's only right: to impersonate the users and groups the hub vouches for. Every request
+# is then authorized (RBAC) and audited as that user.
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: {role}
+rules:
+- apiGroups: [""]
+  resources: ["users", "groups"]
+  verbs: ["impersonate"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: {role}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: {role}
+subjects:
+- kind: ServiceAccount
+  name: tether-agent
+  namespace: {ns}
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: tether-agent
+  namespace: {ns}
+type: Opaque
+data:
+  agent.crt: {cert}
+  agent.key: {key}
+  ca.crt: {ca}
+  issuer.pub: {issuer}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: tether-agent
+  namespace: {ns}
+  labels:
+    app.kubernetes.io/name: tether-agent
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app.kubernetes.io/name: tether-agent
+  strategy:
+    type: RollingUpdate
+    rollingUpdate:
+      maxUnavailable: 0
+      maxSurge: 1
+  template:
+    metadata:
+      labels:
+        app.kubernetes.io/name: tether-agent
+    spec:
+      serviceAccountName: tether-agent
+      # SIGTERM drains (the stub routes nothing new, in-flight requests finish): give it time.
+      terminationGracePeriodSeconds: 30
+      affinity:
+        podAntiAffinity:
+          preferredDuringSchedulingIgnoredDuringExecution:
+          - weight: 100
+            podAffinityTerm:
+              topologyKey: kubernetes.io/hostname
+              labelSelector:
+                matchLabels:
+                  app.kubernetes.io/name: tether-agent
+      containers:
+      - name: agent
+        image: {image}
+        args: [{args}]
+        env:
+        - name: TETHER_GRACE
+          value: "20s"
+        ports:
+        - name: admin
+          containerPort: {ADMIN_PORT}
+        readinessProbe:
+          httpGet:
+            path: /readyz
+            port: admin
+          periodSeconds: 2
+        livenessProbe:
+          httpGet:
+            path: /healthz
+            port: admin
+          periodSeconds: 10
+        resources:
+          requests:
+            cpu: 50m
+            memory: 64Mi
+          limits:
+            memory: 512Mi
+        securityContext:
+          allowPrivilegeEscalation: false
+          readOnlyRootFilesystem: true
+          runAsNonRoot: true
+          runAsUser: 65532
+        volumeMounts:
+        - name: tether
+          mountPath: /etc/tether
+          readOnly: true
+      volumes:
+      - name: tether
+        secret:
+          secretName: tether-agent
+          defaultMode: 0440
+"#,
+            cluster = self.cluster,
+            stub = self.stub,
+            cert = b64(self.cert_pem),
+            key = b64(self.key_pem),
+            ca = b64(self.ca_pem),
+            issuer = b64(self.issuer_pub_pem),
+            image = q(self.image),
+            // Cluster-scoped, so named after the namespace: two installs never share them.
+            role = q(&format!("tether:{}:impersonator", self.namespace)),
+            args = args.join(", "),
+        )
+    }
+}
