@@ -14,8 +14,9 @@ pub struct UserKubeconfig<'a> {
     pub token: &'a str,
 }
 
-/// A YAML string with every special character escaped (JSON strings are valid YAML).
-fn quoted(s: &str) -> String {
+/// A YAML string with every special character escaped (JSON strings are valid YAML). Shared by
+/// every YAML tether prints.
+pub(crate) fn quoted(s: &str) -> String {
     serde_json::Value::String(s.to_owned()).to_string()
 }
 

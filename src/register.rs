@@ -7,6 +7,8 @@
 
 use base64::Engine;
 
+use crate::kubeconfig::quoted as q;
+
 /// What goes into the manifest.
 pub struct Registration<'a> {
     pub namespace: &'a str,
@@ -26,11 +28,6 @@ const ADMIN_PORT: u16 = 8080;
 
 fn b64(text: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(text)
-}
-
-/// A YAML scalar with every special character escaped (a JSON string is valid YAML).
-fn q(text: &str) -> String {
-    serde_json::Value::String(text.to_owned()).to_string()
 }
 
 impl Registration<'_> {
