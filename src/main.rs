@@ -202,6 +202,10 @@ struct StubArgs {
     /// Requests one cluster may have in flight at once; beyond it, 429. 0: no limit.
     #[arg(long, env = "TETHER_MAX_REQUESTS_PER_CLUSTER", default_value_t = 30000)]
     max_requests_per_cluster: usize,
+    /// Requests one agent connection may carry at once; a cluster whose connections are all
+    /// this busy answers 429. Keep it below the agents' --max-streams. 0: no limit.
+    #[arg(long, env = "TETHER_MAX_REQUESTS_PER_AGENT", default_value_t = 16000)]
+    max_requests_per_agent: usize,
     /// Reload the whitelist only on SIGHUP, not also when the file changes.
     #[arg(long, env = "TETHER_NO_WATCH_WHITELIST")]
     no_watch_whitelist: bool,
@@ -259,7 +263,9 @@ struct AgentArgs {
     /// Context of the kubeconfig (default: its current context).
     #[arg(long, env = "TETHER_CONTEXT", requires = "kubeconfig")]
     context: Option<String>,
-    /// Streams the stub may have open on this connection at once (watches each hold one).
+    /// Streams the stub may have open on this connection at once (watches each hold one). Keep
+    /// it above the stub's --max-requests-per-agent, so a full connection is answered with 429
+    /// rather than made to wait.
     #[arg(long, env = "TETHER_MAX_STREAMS", default_value_t = Tuning::default().max_request_streams)]
     max_streams: u32,
     /// First reconnect delay (doubles up to --backoff-max, with jitter).
@@ -317,7 +323,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 issuer_pub: args.issuer_pub.unwrap_or_else(|| dir.issuer_pub()),
                 audit: args.audit_log,
                 watch_whitelist: !args.no_watch_whitelist,
-                limits: Limits { per_user: args.max_requests_per_user, per_cluster: args.max_requests_per_cluster },
+                limits: Limits {
+                    per_user: args.max_requests_per_user,
+                    per_cluster: args.max_requests_per_cluster,
+                    per_connection: args.max_requests_per_agent,
+                },
                 certs: dir,
                 quic_listen: args.quic_listen,
                 https_listen: args.https_listen,

@@ -205,9 +205,10 @@ async fn token_and_kubeconfig_commands_mint_what_the_stub_accepts() {
     assert!(String::from_utf8_lossy(&missing_key.stderr).contains("/nonexistent/issuer.key"));
 }
 
-#[tokio::test]
-async fn a_websocket_upgrade_becomes_a_raw_pipe_both_ways() {
-    let t = tunnel(&[]).await;
+type WebSocket = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// Opens a WebSocket to the upstream's `/ws` echo through the tunnel, as `user`.
+async fn open_websocket(t: &Tunnel, user: &str) -> WebSocket {
     let roots =
         tether::identity::tls::roots(&tether::identity::files::load_certs(&t.pki.dir.ca_cert()).unwrap()).unwrap();
     let mut tls = rustls::ClientConfig::builder_with_provider(tether::identity::tls::provider())
@@ -222,11 +223,17 @@ async fn a_websocket_upgrade_becomes_a_raw_pipe_both_ways() {
     let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls)).connect(server_name, tcp).await.unwrap();
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut request = format!("wss://{addr}/clusters/dev/ws").into_client_request().unwrap();
-    let token = t.pki.token("wendy", &[], &["dev"]);
+    let token = t.pki.token(user, &[], &["dev"]);
     request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let (mut ws, response) =
-        tokio_tungstenite::client_async(request, stream).await.expect("upgrade through the tunnel");
+    let (ws, response) = tokio_tungstenite::client_async(request, stream).await.expect("upgrade through the tunnel");
     assert_eq!(response.status(), 101);
+    ws
+}
+
+#[tokio::test]
+async fn a_websocket_upgrade_becomes_a_raw_pipe_both_ways() {
+    let t = tunnel(&[]).await;
+    let mut ws = open_websocket(&t, "wendy").await;
     use tokio_tungstenite::tungstenite::Message;
     for i in 0..20u32 {
         let text = format!("message {i}");
@@ -262,4 +269,41 @@ async fn a_user_over_the_limit_gets_429_without_hurting_others() {
     drop(held.pop());
     t.upstream.wait_abandoned(1).await;
     assert_eq!(call(&client, "GET", &format!("{}/clusters/dev/echo", t.stub.url), "").await.0, 200);
+}
+
+#[tokio::test]
+async fn an_open_upgraded_connection_counts_against_the_limits_until_it_closes() {
+    let mut t = tunnel(&["--max-requests-per-user", "1"]).await;
+    let mut ws = open_websocket(&t, "wendy").await;
+    let wendy = front_client(&t.pki, false).with_token(Some(t.pki.token("wendy", &[], &["dev"])));
+    let (status, _, body) = call(&wendy, "GET", &format!("{}/clusters/dev/echo", t.stub.url), "").await;
+    assert_eq!(status, 429, "{}", String::from_utf8_lossy(&body));
+    ws.close(None).await.unwrap();
+    // Both directions closed: the stub's pipe ends and gives back the place.
+    while ws.next().await.is_some() {}
+    drop(ws);
+    t.stub.proc.wait_for("upgraded stream closed").await;
+    assert_eq!(call(&wendy, "GET", &format!("{}/clusters/dev/echo", t.stub.url), "").await.0, 200);
+}
+
+#[tokio::test]
+async fn a_full_agent_connection_gives_429_and_a_second_replica_adds_room() {
+    let t = tunnel(&["--max-requests-per-agent", "2"]).await;
+    let client = front_client(&t.pki, true);
+    let hold = || client.get(format!("{}/clusters/dev/hold", t.stub.url).parse().unwrap());
+    let held = [hold().await.unwrap(), hold().await.unwrap()];
+    assert!(held.iter().all(|r| r.status() == 200));
+    let (status, _, body) = call(&client, "GET", &format!("{}/clusters/dev/echo", t.stub.url), "").await;
+    assert_eq!(status, 429);
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["reason"], "TooManyRequests");
+    let message = json["message"].as_str().unwrap();
+    assert!(message.contains(r#"every agent connection of cluster "dev" (1) already carries 2 requests"#), "{message}");
+    assert_eq!(t.upstream.requests(), 2, "a refused request never reaches the upstream");
+
+    // The second replica's connection has room of its own.
+    t.pki.agent("dev", "agent-1");
+    let _second = start_agent(&t.pki, &t.stub, "dev", "agent-1", &t.upstream.url()).await;
+    assert_eq!(call(&client, "GET", &format!("{}/clusters/dev/echo", t.stub.url), "").await.0, 200);
+    drop(held);
 }

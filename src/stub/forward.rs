@@ -18,8 +18,8 @@ use tracing::Instrument;
 
 use super::StubState;
 use super::audit::Pending;
-use super::limits::LimitError;
-use super::registry::InFlight;
+use super::limits::{Admitted, LimitError};
+use super::registry::{InFlight, Pick};
 use super::route::{self, RouteError};
 use crate::bridge::{self, Body, PumpError};
 use crate::identity::fingerprint::Fingerprint;
@@ -161,21 +161,16 @@ async fn forward(
     if !claims.allows_cluster(&cluster) {
         return Err(ForwardError::ClusterNotAllowed { user: claims.sub, cluster });
     }
-    // Counted until the response body ends (an upgraded pipe is not counted).
+    // Counted until the response body ends, or an upgraded connection closes.
     let admitted = state.limits.admit(&claims.sub, &cluster)?;
     let path_and_query = route.path_and_query;
-    let response = send_to_agent(state, req, request_id, token, path_and_query, cluster, audit).await?;
-    Ok(response.map(|body| {
-        body.map_frame(move |frame| {
-            let _counted = &admitted;
-            frame
-        })
-        .boxed_unsync()
-    }))
+    send_to_agent(state, req, request_id, token, path_and_query, cluster, admitted, audit).await
 }
 
 /// Sends the request on a stream of one of the cluster's agent connections and returns the
-/// response as it starts arriving.
+/// response as it starts arriving. `admitted` and the connection's count are held until the
+/// response body ends or the upgraded connection closes.
+#[allow(clippy::too_many_arguments)]
 async fn send_to_agent(
     state: &StubState,
     req: Request<Incoming>,
@@ -183,6 +178,7 @@ async fn send_to_agent(
     token: String,
     path_and_query: String,
     cluster: String,
+    admitted: Admitted,
     audit: &mut Pending,
 ) -> Result<Response<Body>, ForwardError> {
     let upgrade = bridge::is_upgrade(req.headers());
@@ -213,7 +209,7 @@ async fn send_to_agent(
             match send_head_and_wait(&link.connection, &head, true).await {
                 Ok((_send, recv, response_head)) => {
                     tracing::debug!(status = response_head.status, "response head");
-                    return Ok(response_from(response_head, bridge::recv_body(recv, in_flight)));
+                    return Ok(response_from(response_head, bridge::recv_body(recv, (in_flight, admitted))));
                 }
                 Err(e) if failed_link.is_none() => {
                     tracing::warn!(connection = link.id, agent = %link.name, error = %e, "stream failed before any response; retrying on another connection");
@@ -229,7 +225,7 @@ async fn send_to_agent(
         write_frame(&mut send, &head).await.map_err(stream_err)?;
 
         if upgrade {
-            return upgrade_response(req, send, recv, in_flight).await.map_err(stream_err);
+            return upgrade_response(req, send, recv, (in_flight, admitted)).await.map_err(stream_err);
         }
 
         // The request body flows on its own task, so a large upload and the response overlap.
@@ -241,7 +237,7 @@ async fn send_to_agent(
 
         let response_head: ResponseHead = read_frame(&mut recv).await.map_err(stream_err)?;
         tracing::debug!(status = response_head.status, "response head");
-        return Ok(response_from(response_head, bridge::recv_body(recv, (cancel_on_drop, in_flight))));
+        return Ok(response_from(response_head, bridge::recv_body(recv, (cancel_on_drop, in_flight, admitted))));
     }
 }
 
@@ -251,8 +247,17 @@ fn is_idempotent(method: &http::Method) -> bool {
 
 /// The least busy routable connection of `cluster`, other than `excluding` when there is one.
 fn pick(state: &StubState, cluster: &str, excluding: Option<u64>) -> Result<InFlight, ForwardError> {
-    if let Some(in_flight) = state.registry.pick(cluster, excluding) {
-        return Ok(in_flight);
+    let limit = state.limits.limits().per_connection;
+    match state.registry.pick(cluster, excluding, limit) {
+        Pick::Link(in_flight) => return Ok(in_flight),
+        Pick::Full { connections } => {
+            return Err(ForwardError::Limit(LimitError::Connection {
+                cluster: cluster.to_owned(),
+                connections,
+                limit,
+            }));
+        }
+        Pick::NoLink => {}
     }
     Err(if state.whitelist.get().has_cluster(cluster) {
         ForwardError::NoAgent(cluster.to_owned())
@@ -283,13 +288,13 @@ async fn upgrade_response(
     mut req: Request<Incoming>,
     mut send: SendStream,
     mut recv: quinn::RecvStream,
-    in_flight: InFlight,
+    counted: (InFlight, Admitted),
 ) -> Result<Response<Body>, WireError> {
     let on_upgrade = hyper::upgrade::on(&mut req);
     let head: ResponseHead = read_frame(&mut recv).await?;
     if head.status != StatusCode::SWITCHING_PROTOCOLS.as_u16() {
         let _ = send.finish();
-        return Ok(response_from(head, bridge::recv_body(recv, in_flight)));
+        return Ok(response_from(head, bridge::recv_body(recv, counted)));
     }
     tokio::spawn(
         async move {
@@ -297,7 +302,7 @@ async fn upgrade_response(
                 Ok(upgraded) => bridge::pipe(hyper_util::rt::TokioIo::new(upgraded), send, recv).await,
                 Err(e) => tracing::debug!(error = %e, "caller's upgrade failed"),
             }
-            drop(in_flight);
+            drop(counted);
             tracing::debug!("upgraded stream closed");
         }
         .in_current_span(),

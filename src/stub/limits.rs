@@ -1,8 +1,11 @@
-//! Concurrency limits on the front door: requests in flight per user and per cluster. A request
-//! over a limit is refused at once with `429` (a Kubernetes `Status` with reason
-//! `TooManyRequests`), so one user's flood of watches cannot take a cluster's capacity from
-//! everyone else. (Per agent connection, QUIC's stream limit applies: new streams wait for a
-//! free one rather than fail.)
+//! Concurrency limits on the front door: requests in flight per user, per cluster and per agent
+//! connection. A request over a limit is refused at once with `429` (a Kubernetes `Status` with
+//! reason `TooManyRequests`), so one user's flood of watches cannot take a cluster's capacity
+//! from everyone else. Upgraded connections (exec, attach, port-forward) count until they close.
+//!
+//! The per-connection count lives on each link (see [`super::registry`]); it is kept below the
+//! QUIC stream limit the agent grants (`tether agent --max-streams`), so that a full connection
+//! answers 429 at once instead of making new streams wait for a free one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,6 +15,7 @@ use std::sync::{Arc, Mutex};
 pub struct Limits {
     pub per_user: usize,
     pub per_cluster: usize,
+    pub per_connection: usize,
 }
 
 /// Counts of requests in flight.
@@ -29,6 +33,10 @@ pub enum LimitError {
     User { user: String, limit: usize },
     #[error("cluster {cluster:?} already has {limit} requests in flight (the per-cluster limit); retry later")]
     Cluster { cluster: String, limit: usize },
+    #[error(
+        "every agent connection of cluster {cluster:?} ({connections}) already carries {limit} requests (the per-connection limit); retry later"
+    )]
+    Connection { cluster: String, connections: usize, limit: usize },
 }
 
 /// A request counted against its user and cluster until dropped.
@@ -64,6 +72,10 @@ impl Counters {
         Arc::new(Counters { limits, ..Counters::default() })
     }
 
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     /// Counts a request of `user` to `cluster`, or says which limit it would exceed.
     pub fn admit(self: &Arc<Self>, user: &str, cluster: &str) -> Result<Admitted, LimitError> {
         if !acquire(&self.users, user, self.limits.per_user) {
@@ -90,7 +102,7 @@ mod tests {
 
     #[test]
     fn limits_count_in_flight_requests_and_free_them_on_drop() {
-        let counters = Counters::new(Limits { per_user: 2, per_cluster: 3 });
+        let counters = Counters::new(Limits { per_user: 2, per_cluster: 3, per_connection: 0 });
         let a1 = counters.admit("alice", "dev").unwrap();
         let _a2 = counters.admit("alice", "dev").unwrap();
         assert!(matches!(counters.admit("alice", "prod"), Err(LimitError::User { .. })));

@@ -1,5 +1,5 @@
 //! The live agent connections of every cluster, and the choice of one for a new request: the
-//! least busy connection that is not draining.
+//! least busy connection that is not draining and not at its limit of requests in flight.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -78,6 +78,18 @@ impl Drop for InFlight {
     }
 }
 
+/// The outcome of [`Registry::pick`].
+#[derive(Debug)]
+pub enum Pick {
+    Link(InFlight),
+    /// Every routable link is at its limit of requests in flight.
+    Full {
+        connections: usize,
+    },
+    /// No routable link.
+    NoLink,
+}
+
 /// Every cluster's live links.
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -105,19 +117,23 @@ impl Registry {
         }
     }
 
-    /// The least busy routable link of `cluster` (not `excluding`, if given), counted as busy
-    /// until the guard drops.
-    pub fn pick(&self, cluster: &str, excluding: Option<u64>) -> Option<InFlight> {
+    /// The least busy routable link of `cluster` (not `excluding`, if given) with fewer than
+    /// `limit` requests in flight (`0`: no limit), counted as busy until the guard drops.
+    pub fn pick(&self, cluster: &str, excluding: Option<u64>, limit: usize) -> Pick {
         let clusters = self.lock();
-        let link = clusters
-            .get(cluster)?
+        let Some(links) = clusters.get(cluster) else { return Pick::NoLink };
+        let routable: Vec<&Arc<AgentLink>> = links
             .iter()
             .filter(|l| Some(l.id) != excluding)
             .filter(|l| !l.draining.load(Ordering::Relaxed) && l.connection.close_reason().is_none())
-            .min_by_key(|l| l.in_flight())?
-            .clone();
-        link.in_flight.fetch_add(1, Ordering::Relaxed);
-        Some(InFlight(link))
+            .collect();
+        let Some(least) = routable.iter().min_by_key(|l| l.in_flight()) else { return Pick::NoLink };
+        if limit != 0 && least.in_flight() >= limit {
+            return Pick::Full { connections: routable.len() };
+        }
+        // Counted while the registry lock is held, so two requests cannot both take the last slot.
+        least.in_flight.fetch_add(1, Ordering::Relaxed);
+        Pick::Link(InFlight(Arc::clone(least)))
     }
 
     /// Every live link.
