@@ -18,10 +18,12 @@
 //! - [`admin`]: `/healthz` and `/readyz` for probes.
 //! - [`register`]: the manifest that installs an agent in a cluster.
 //! - [`shutdown`]: SIGINT and SIGTERM as one future.
+//! - [`fd_limit`]: the open-file limit raised for thousands of connections.
 
 pub mod admin;
 pub mod agent;
 pub mod bridge;
+pub mod fd_limit;
 pub mod identity;
 pub mod kubeconfig;
 pub mod quic;

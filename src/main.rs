@@ -298,6 +298,9 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing();
     tls::install_default_provider();
+    if let Some((soft, hard)) = tether::fd_limit::raise_to_hard_limit() {
+        tracing::debug!(soft, hard, "open-file limit");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

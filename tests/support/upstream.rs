@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -35,6 +35,14 @@ pub struct Seen {
     pub abandoned_signal: Notify,
     /// Notified when the first bytes of an `/upload` body arrive.
     pub upload_started: Notify,
+    /// Bytes of `/bytes/N` bodies handed to the connection so far (the server produces them
+    /// only as fast as the connection takes them).
+    pub bytes_sent: AtomicU64,
+    /// `/watch` responses open now, and a signal when that changes.
+    pub watching: AtomicUsize,
+    pub watching_signal: Notify,
+    /// The last event number: every open `/watch` sends `event-K` for each K up to it.
+    pub events: tokio::sync::watch::Sender<u64>,
 }
 
 pub struct Upstream {
@@ -108,6 +116,42 @@ impl Upstream {
     pub fn requests(&self) -> usize {
         self.seen.requests.load(Ordering::SeqCst)
     }
+
+    /// Waits (bounded) until at least `n` `/watch` responses are open.
+    pub async fn wait_watching(&self, n: usize) {
+        wait_count(&self.seen.watching, &self.seen.watching_signal, n, "open watches").await
+    }
+
+    pub fn watching(&self) -> usize {
+        self.seen.watching.load(Ordering::SeqCst)
+    }
+
+    /// Makes every open `/watch` send its next event.
+    pub fn send_event(&self) {
+        self.seen.events.send_modify(|n| *n += 1);
+    }
+
+    pub fn bytes_sent(&self) -> u64 {
+        self.seen.bytes_sent.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts an open `/watch` response until dropped.
+struct Watching(Arc<Seen>);
+
+impl Watching {
+    fn new(seen: Arc<Seen>) -> Watching {
+        seen.watching.fetch_add(1, Ordering::SeqCst);
+        seen.watching_signal.notify_waiters();
+        Watching(seen)
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.0.watching.fetch_sub(1, Ordering::SeqCst);
+        self.0.watching_signal.notify_waiters();
+    }
 }
 
 async fn wait_count(count: &AtomicUsize, signal: &Notify, n: usize, what: &str) {
@@ -172,9 +216,11 @@ async fn serve(seen: Arc<Seen>, mut req: Request<Incoming>) -> Result<Response<B
     } else if let Some(n) = path.strip_prefix("/bytes/") {
         let total: u64 = n.parse().unwrap();
         const CHUNK: u64 = 64 * 1024;
+        let seen = seen.clone();
         let chunks = futures_util::stream::iter((0..total.div_ceil(CHUNK)).map(move |c| {
             let start = c * CHUNK;
             let bytes: Vec<u8> = (start..(start + CHUNK).min(total)).map(pattern).collect();
+            seen.bytes_sent.fetch_add(bytes.len() as u64, Ordering::SeqCst);
             Ok(Frame::data(Bytes::from(bytes)))
         }));
         response = response.header("content-length", total);
@@ -192,6 +238,18 @@ async fn serve(seen: Arc<Seen>, mut req: Request<Incoming>) -> Result<Response<B
                     }
                     _ => None,
                 }
+            }
+        });
+        stream_body(events)
+    } else if path == "/watch" {
+        // A watch: open until the client goes away, one line per event the test sends.
+        let guard = Watching::new(seen.clone());
+        let events = futures_util::stream::unfold((seen.events.subscribe(), 0u64), move |(mut rx, sent)| {
+            let _keep = &guard;
+            async move {
+                let next = sent + 1;
+                rx.wait_for(|n| *n >= next).await.ok()?;
+                Some((Ok(Frame::data(Bytes::from(format!("event-{next}\n")))), (rx, next)))
             }
         });
         stream_body(events)

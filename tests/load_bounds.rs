@@ -1,0 +1,191 @@
+//! What one agent connection carries, and what it may cost: 10,000 concurrent watches stay open
+//! on one connection and each receives its events; clients that never read their responses make
+//! neither the stub nor the agent buffer without bound, because flow control pushes back all the
+//! way to the upstream, and the connection keeps serving everyone else meanwhile.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use support::upstream::Upstream;
+use support::{Pki, StubProc, front_client, spawn_agent};
+
+/// A short idle timeout, so that the quiet time of the watches spans several keep-alive rounds.
+const IDLE: Duration = Duration::from_secs(1);
+
+/// Counts watches that have seen an event, and wakes the test when that changes.
+#[derive(Default)]
+struct Progress {
+    saw: [AtomicUsize; 2],
+    failed: AtomicUsize,
+    changed: tokio::sync::Notify,
+}
+
+impl Progress {
+    async fn wait(&self, event: usize, n: usize) {
+        let deadline = tokio::time::Instant::now() + support::PATIENCE;
+        loop {
+            let notified = self.changed.notified();
+            assert_eq!(self.failed.load(Ordering::SeqCst), 0, "a watch failed");
+            if self.saw[event].load(Ordering::SeqCst) >= n {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("only {} of {n} watches saw event {}", self.saw[event].load(Ordering::SeqCst), event + 1);
+            }
+        }
+    }
+
+    fn note(&self, event: usize) {
+        self.saw[event].fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+}
+
+/// Reads `body` until it has seen `event-1` and `event-2`, counting each in `progress`.
+async fn follow(mut body: hyper::body::Incoming, progress: Arc<Progress>) {
+    let mut text = String::new();
+    let mut next = 0;
+    while next < 2 {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    text.push_str(std::str::from_utf8(&data).unwrap());
+                }
+            }
+            _ => {
+                progress.failed.fetch_add(1, Ordering::SeqCst);
+                progress.changed.notify_waiters();
+                return;
+            }
+        }
+        while next < 2 && text.contains(&format!("event-{}\n", next + 1)) {
+            progress.note(next);
+            next += 1;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_watches_share_one_agent_connection_and_each_gets_its_events() {
+    const WATCHES: usize = 10_000;
+    // The front door allows 1,000 streams per HTTP/2 connection.
+    const CLIENTS: usize = 12;
+    // The upstream (in this process) holds one socket per watch, and so does the agent.
+    let (open_files, hard) = tether::fd_limit::raise_to_hard_limit().unwrap();
+    assert!(
+        open_files >= WATCHES as u64 + 1000,
+        "this test needs {} open files per process; the hard limit is {hard} (raise `ulimit -Hn`)",
+        WATCHES + 1000
+    );
+    let pki = Pki::new();
+    pki.agent("dev", "agent-0");
+    let upstream = Upstream::start().await;
+    let idle = format!("{}ms", IDLE.as_millis());
+    let stub =
+        StubProc::start_with(&pki, &["--idle-timeout", &idle, "--audit-log", "off", "--max-requests-per-user", "0"])
+            .await;
+    let mut agent = spawn_agent(&pki, &stub, "dev", "agent-0", &upstream.url(), &["--idle-timeout", &idle]);
+    agent.wait_for("connected to stub").await;
+
+    let progress = Arc::new(Progress::default());
+    let clients: Vec<_> = (0..CLIENTS).map(|_| front_client(&pki, true)).collect();
+    let url: http::Uri = format!("{}/clusters/dev/watch?watch=true", stub.url).parse().unwrap();
+    for i in 0..WATCHES {
+        let (client, url, progress) = (clients[i % CLIENTS].clone(), url.clone(), progress.clone());
+        tokio::spawn(async move {
+            match client.get(url).await {
+                Ok(response) if response.status() == 200 => follow(response.into_body(), progress).await,
+                other => {
+                    eprintln!("watch {i}: {other:?}");
+                    progress.failed.fetch_add(1, Ordering::SeqCst);
+                    progress.changed.notify_waiters();
+                }
+            }
+        });
+    }
+    upstream.wait_watching(WATCHES).await;
+    upstream.send_event();
+    progress.wait(0, WATCHES).await;
+
+    // The thing under test, not a synchronisation: quiet watches outlive several idle timeouts
+    // (keep-alives hold the connection; nothing times the streams out).
+    tokio::time::sleep(IDLE * 3).await;
+    assert_eq!(upstream.watching(), WATCHES, "every watch is still open at the upstream");
+    upstream.send_event();
+    progress.wait(1, WATCHES).await;
+
+    assert_eq!(agent.count("connected to stub"), 1, "all of it on one agent connection");
+    eprintln!(
+        "{WATCHES} watches: peak RSS stub {} MiB, agent {} MiB",
+        stub.proc.peak_rss() >> 20,
+        agent.peak_rss() >> 20
+    );
+}
+
+/// Bytes the upstream has produced once it stops producing: polled until unchanged for a
+/// second (bounded). The clients never read, so flow control must stop it.
+async fn bytes_sent_when_settled(upstream: &Upstream) -> u64 {
+    let deadline = tokio::time::Instant::now() + support::PATIENCE;
+    let (mut last, mut unchanged_since) = (upstream.bytes_sent(), tokio::time::Instant::now());
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = upstream.bytes_sent();
+        if now != last {
+            (last, unchanged_since) = (now, tokio::time::Instant::now());
+        } else if unchanged_since.elapsed() >= Duration::from_secs(1) {
+            return now;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the upstream never stopped sending: {now} bytes");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_do_not_grow_stub_or_agent_memory() {
+    const SLOW_READERS: usize = 4;
+    const SIZE: u64 = 1 << 30;
+    /// Per stalled response: QUIC stream window (2 MiB) plus socket and HTTP buffers on the way.
+    const SENT_BOUND_EACH: u64 = 32 << 20;
+    const MEMORY_BOUND: u64 = 96 << 20;
+    let pki = Pki::new();
+    pki.agent("dev", "agent-0");
+    let upstream = Upstream::start().await;
+    let stub = StubProc::start_with(&pki, &["--audit-log", "off"]).await;
+    let mut agent = spawn_agent(&pki, &stub, "dev", "agent-0", &upstream.url(), &[]);
+    agent.wait_for("connected to stub").await;
+
+    // Half over HTTP/1.1, half over HTTP/2, each client its own connection; none reads a byte.
+    let mut stalled = Vec::new();
+    for i in 0..SLOW_READERS {
+        let client = front_client(&pki, i % 2 == 0);
+        let response = client.get(format!("{}/clusters/dev/bytes/{SIZE}", stub.url).parse().unwrap()).await.unwrap();
+        assert_eq!(response.status(), 200);
+        stalled.push((client, response));
+    }
+    let sent = bytes_sent_when_settled(&upstream).await;
+    eprintln!("{SLOW_READERS} clients that never read: the upstream stopped after {} MiB", sent >> 20);
+    assert!(sent < SLOW_READERS as u64 * SENT_BOUND_EACH, "the upstream sent {} MiB", sent >> 20);
+
+    // The same agent connection still serves others in full.
+    let client = front_client(&pki, true);
+    let body = client
+        .get(format!("{}/clusters/dev/bytes/{}", stub.url, 4 << 20).parse().unwrap())
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(body.len(), 4 << 20);
+    assert!(body.iter().enumerate().all(|(i, b)| *b == support::upstream::pattern(i as u64)));
+
+    let (stub_peak, agent_peak) = (stub.proc.peak_rss(), agent.peak_rss());
+    eprintln!("peak RSS with stalled readers: stub {} MiB, agent {} MiB", stub_peak >> 20, agent_peak >> 20);
+    assert!(stub_peak < MEMORY_BOUND, "stub peaked at {} MiB", stub_peak >> 20);
+    assert!(agent_peak < MEMORY_BOUND, "agent peaked at {} MiB", agent_peak >> 20);
+    drop(stalled);
+}
