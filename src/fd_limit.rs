@@ -22,7 +22,7 @@ pub fn raise_to_hard_limit() -> Option<(u64, u64)> {
             limit = raised;
         }
     }
-    Some((limit.rlim_cur as u64, limit.rlim_max as u64))
+    Some((limit.rlim_cur, limit.rlim_max))
 }
 
 #[cfg(test)]
@@ -30,6 +30,6 @@ mod tests {
     #[test]
     fn the_soft_limit_ends_at_the_hard_limit() {
         let (soft, hard) = super::raise_to_hard_limit().expect("RLIMIT_NOFILE is readable");
-        assert!(soft == hard || (hard == libc::RLIM_INFINITY as u64 && soft >= super::NR_OPEN_DEFAULT as u64));
+        assert!(soft == hard || (hard == libc::RLIM_INFINITY && soft >= super::NR_OPEN_DEFAULT));
     }
 }
