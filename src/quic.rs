@@ -79,16 +79,16 @@ pub fn server_endpoint(addr: SocketAddr, tls: rustls::ServerConfig, tuning: &Tun
     Endpoint::new(EndpointConfig::default(), Some(config), socket, Arc::new(quinn::TokioRuntime))
 }
 
-/// The agent's endpoint and the client configuration it dials with.
-pub fn client_endpoint(
-    bind: SocketAddr,
-    tls: rustls::ClientConfig,
-    tuning: &Tuning,
-) -> std::io::Result<(Endpoint, quinn::ClientConfig)> {
+/// The agent's endpoint (no server role).
+pub fn client_endpoint(bind: SocketAddr) -> std::io::Result<Endpoint> {
+    let socket = bind_udp(bind)?;
+    Endpoint::new(EndpointConfig::default(), None, socket, Arc::new(quinn::TokioRuntime))
+}
+
+/// The configuration the agent dials with: its TLS identity and the transport tuning.
+pub fn client_config(tls: rustls::ClientConfig, tuning: &Tuning) -> std::io::Result<quinn::ClientConfig> {
     let crypto = QuicClientConfig::try_from(tls).map_err(std::io::Error::other)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport(tuning, tuning.max_request_streams));
-    let socket = bind_udp(bind)?;
-    let endpoint = Endpoint::new(EndpointConfig::default(), None, socket, Arc::new(quinn::TokioRuntime))?;
-    Ok((endpoint, config))
+    Ok(config)
 }

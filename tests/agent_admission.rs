@@ -121,7 +121,8 @@ async fn a_client_without_a_certificate_gets_no_connection() {
         .with_no_client_auth();
     tls.alpn_protocols = vec![tether::wire::ALPN.to_vec()];
     let tuning = tether::quic::Tuning::default();
-    let (endpoint, config) = tether::quic::client_endpoint("127.0.0.1:0".parse().unwrap(), tls, &tuning).unwrap();
+    let endpoint = tether::quic::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    let config = tether::quic::client_config(tls, &tuning).unwrap();
     let conn = endpoint.connect_with(config, stub.quic.parse().unwrap(), "localhost").unwrap().await;
     // TLS 1.3: our side may finish before the stub judges us; the refusal then arrives on the
     // first stream operation.

@@ -2,32 +2,40 @@
 //! and forwards the stub's request streams to its API server.
 //!
 //! - [`backoff`]: reconnect delays.
-//! - [`session`]: one connection (hello/welcome, serving streams, draining on shutdown).
+//! - [`identity`]: certificate, key and CA from files, watched for rotation.
+//! - [`session`]: one connection (hello/welcome, serving streams, draining).
 //! - [`forward`]: one request stream to the API server and back.
-//! - [`upstream`]: the API server client (URL or kubeconfig, through the `kube` crate).
+//! - [`upstream`]: the API server client (URL, kubeconfig or in-cluster, through the `kube` crate).
+//!
+//! A rotated certificate takes over without a gap: the agent dials a second connection with the
+//! new certificate, and only once the stub has welcomed it drains the old one (make before
+//! break). If the stub refuses the new certificate, the old connection stays and the handover is
+//! tried again every few seconds.
 
 pub mod backoff;
 pub mod forward;
+pub mod identity;
 pub mod session;
 pub mod upstream;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::admin::Readiness;
-use crate::identity::files;
-use crate::identity::tls;
 use crate::identity::token::TokenVerifier;
 use crate::quic::{self, Tuning};
 use backoff::Backoff;
 use forward::Forwarder;
-use session::SessionEnd;
-use std::sync::Arc;
+use identity::{Identity, IdentityFiles};
+use session::{Session, SessionEnd};
 use upstream::{Upstream, UpstreamSource};
 
 /// What `tether agent` needs.
@@ -48,7 +56,8 @@ pub struct AgentConfig {
     pub tuning: Tuning,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
-    /// How long in-flight requests may run on after a shutdown signal.
+    /// How long in-flight requests may run on after a shutdown signal (or on a connection that
+    /// a new certificate replaces).
     pub grace: Duration,
     /// Where to serve `/healthz` and `/readyz` (ready while connected and welcomed).
     pub admin_listen: Option<SocketAddr>,
@@ -56,6 +65,8 @@ pub struct AgentConfig {
 
 /// A connection that lasted this long was healthy: the next failure starts backoff afresh.
 const HEALTHY_RUN: Duration = Duration::from_secs(10);
+/// How often a new certificate the stub refused is tried again while the old one still works.
+const HANDOVER_RETRY: Duration = Duration::from_secs(5);
 
 fn host_of(stub: &str) -> &str {
     // "[::1]:443" -> "::1", "stub.example:443" -> "stub.example"
@@ -63,22 +74,42 @@ fn host_of(stub: &str) -> &str {
     host.trim_start_matches('[').trim_end_matches(']')
 }
 
+/// Dials the stub and gets a session welcomed.
+struct Dialer<'a> {
+    endpoint: &'a quinn::Endpoint,
+    config: &'a AgentConfig,
+    server_name: String,
+}
+
+impl Dialer<'_> {
+    async fn connect(&self, identity: &Identity) -> Result<Session, String> {
+        let stub = &self.config.stub;
+        let addr = tokio::net::lookup_host(stub)
+            .await
+            .map_err(|e| format!("cannot resolve {stub}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{stub} resolves to no address"))?;
+        let connecting = self
+            .endpoint
+            .connect_with(identity.client_config.clone(), addr, &self.server_name)
+            .map_err(|e| format!("cannot dial {addr}: {e}"))?;
+        let conn = connecting.await.map_err(|e| session::explain(&e))?;
+        session::establish(conn, self.config).await
+    }
+}
+
 /// Runs the agent until `shutdown` completes: dial, serve, and on loss dial again with backoff.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let ca = files::load_certs(&config.ca)?;
-    let chain = files::load_certs(&config.cert)?;
-    let key = files::load_key(&config.key)?;
-    let tls_config = tls::agent_quic(&ca, chain, key)?;
+    let files = IdentityFiles { ca: config.ca.clone(), cert: config.cert.clone(), key: config.key.clone() };
+    let mut identity = files.load(&config.tuning)?;
     let upstream = Upstream::new(&config.upstream).await?;
     let tokens = TokenVerifier::load(&config.issuer_pub)?;
-    let bind: SocketAddr = "[::]:0".parse().expect("valid address");
-    let (endpoint, client_config) = match quic::client_endpoint(bind, tls_config.clone(), &config.tuning) {
-        Ok(x) => x,
+    let endpoint = match quic::client_endpoint("[::]:0".parse().expect("valid address")) {
+        Ok(endpoint) => endpoint,
         // A host without IPv6: fall back to IPv4 only.
-        Err(_) => quic::client_endpoint("0.0.0.0:0".parse().expect("valid address"), tls_config, &config.tuning)
+        Err(_) => quic::client_endpoint("0.0.0.0:0".parse().expect("valid address"))
             .context("binding the agent's UDP socket")?,
     };
-    let server_name = config.server_name.clone().unwrap_or_else(|| host_of(&config.stub).to_owned());
     tokio::spawn(rebind_on_sigusr1(endpoint.clone()));
 
     let cancel = CancellationToken::new();
@@ -87,7 +118,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         shutdown.await;
         on_shutdown.cancel();
     });
-    tracing::info!(cluster = %config.cluster, name = %config.name, stub = %config.stub, upstream = upstream.url(), "agent starting");
+    tracing::info!(cluster = %config.cluster, name = %config.name, stub = %config.stub, upstream = upstream.url(), fingerprint = %identity.fingerprint, "agent starting");
     let forwarder = Arc::new(Forwarder { upstream, tokens, cluster: config.cluster.clone() });
     let readiness = Readiness::default();
     if let Some(addr) = config.admin_listen {
@@ -96,30 +127,97 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
             .with_context(|| format!("binding the admin listener on {addr}"))?;
         tracing::info!(admin = %bound, "admin listening (/healthz, /readyz)");
     }
+    let (identity_tx, mut new_identities) = mpsc::channel(4);
+    tokio::spawn(identity::watch(files, config.tuning.clone(), identity.clone(), identity_tx, cancel.clone()));
+
+    let server_name = config.server_name.clone().unwrap_or_else(|| host_of(&config.stub).to_owned());
+    let dialer = Dialer { endpoint: &endpoint, config: &config, server_name };
+    // Connections a new certificate replaced, draining.
+    let retiring = TaskTracker::new();
     let mut backoff = Backoff::new(config.backoff_min, config.backoff_max);
-    while !cancel.is_cancelled() {
+    'connect: while !cancel.is_cancelled() {
+        let session = tokio::select! {
+            connected = dialer.connect(&identity) => connected,
+            _ = cancel.cancelled() => break,
+        };
+        let session = match session {
+            Ok(session) => session,
+            Err(reason) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(retry_in = ?delay, fingerprint = %identity.fingerprint, "cannot connect to stub: {reason}");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    // New certificate files: try them at once.
+                    Some(new) = new_identities.recv() => identity = new,
+                    _ = cancel.cancelled() => break,
+                }
+                continue;
+            }
+        };
         let started = Instant::now();
-        let end = match dial(&endpoint, &client_config, &config.stub, &server_name).await {
-            Ok(conn) => session::run(conn, &config, &forwarder, &cancel, &readiness).await,
-            Err(reason) => SessionEnd::Lost { welcomed: false, reason },
+        tracing::info!(connection = session.connection_id, stub = %config.stub, fingerprint = %identity.fingerprint, "connected to stub");
+        readiness.set(true);
+        let mut stop = CancellationToken::new();
+        let mut serving = tokio::spawn(session::serve(session, forwarder.clone(), stop.clone(), config.grace));
+        // New certificate files the stub has not accepted yet, and when to try them again.
+        let mut pending: Option<Identity> = None;
+        let mut retry_at = tokio::time::Instant::now();
+        let reason = loop {
+            tokio::select! {
+                end = &mut serving => break match end {
+                    Ok(SessionEnd::Lost { reason }) => reason,
+                    Ok(SessionEnd::Stopped) => "the session stopped".to_owned(),
+                    Err(e) => format!("the session failed: {e}"),
+                },
+                _ = cancel.cancelled() => {
+                    stop.cancel();
+                    let _ = serving.await;
+                    break 'connect;
+                }
+                Some(new) = new_identities.recv() => pending = Some(new),
+                _ = tokio::time::sleep_until(retry_at), if pending.is_some() => {}
+            }
+            let Some(new) = pending.take() else { continue };
+            let handover = tokio::select! {
+                connected = dialer.connect(&new) => connected,
+                _ = cancel.cancelled() => continue,
+            };
+            match handover {
+                Ok(next) => {
+                    tracing::info!(connection = next.connection_id, from = %identity.fingerprint, to = %new.fingerprint, "certificate rotated: new connection welcomed; draining the old one");
+                    tracing::info!(connection = next.connection_id, stub = %config.stub, fingerprint = %new.fingerprint, "connected to stub");
+                    stop.cancel();
+                    stop = CancellationToken::new();
+                    let next_serving =
+                        tokio::spawn(session::serve(next, forwarder.clone(), stop.clone(), config.grace));
+                    retiring.spawn(std::mem::replace(&mut serving, next_serving));
+                    identity = new;
+                }
+                Err(reason) => {
+                    tracing::warn!(fingerprint = %new.fingerprint, retry_in = ?HANDOVER_RETRY, "the stub does not accept the new certificate: {reason}; the connection with {} stays", identity.fingerprint);
+                    pending = Some(new);
+                    retry_at = tokio::time::Instant::now() + HANDOVER_RETRY;
+                }
+            }
         };
-        let SessionEnd::Lost { welcomed, reason } = end else {
-            break;
-        };
-        if welcomed && started.elapsed() >= HEALTHY_RUN {
+        readiness.set(false);
+        // The files on disk win for the next connection, accepted before or not.
+        if let Some(new) = pending {
+            identity = new;
+        }
+        if started.elapsed() >= HEALTHY_RUN {
             backoff.reset();
         }
         let delay = backoff.next_delay();
-        if welcomed {
-            tracing::warn!(retry_in = ?delay, "disconnected from stub: {reason}");
-        } else {
-            tracing::warn!(retry_in = ?delay, "cannot connect to stub: {reason}");
-        }
+        tracing::warn!(retry_in = ?delay, "disconnected from stub: {reason}");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = cancel.cancelled() => break,
         }
     }
+    readiness.set(false);
+    retiring.close();
+    let _ = tokio::time::timeout(config.grace, retiring.wait()).await;
     endpoint.close(crate::wire::codes::AppCode::Normal.varint(), b"agent stopped");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     tracing::info!("agent stopped");
@@ -142,23 +240,6 @@ async fn rebind_on_sigusr1(endpoint: quinn::Endpoint) {
             Err(e) => tracing::warn!(error = %e, "cannot rebind the UDP socket"),
         }
     }
-}
-
-async fn dial(
-    endpoint: &quinn::Endpoint,
-    client_config: &quinn::ClientConfig,
-    stub: &str,
-    server_name: &str,
-) -> Result<quinn::Connection, String> {
-    let addr = tokio::net::lookup_host(stub)
-        .await
-        .map_err(|e| format!("cannot resolve {stub}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{stub} resolves to no address"))?;
-    let connecting = endpoint
-        .connect_with(client_config.clone(), addr, server_name)
-        .map_err(|e| format!("cannot dial {addr}: {e}"))?;
-    connecting.await.map_err(|e| session::explain(&e))
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
-//! One connection to the stub: say hello on the control stream, wait for the welcome, then serve
-//! every stream the stub opens on its own task until the connection ends or the agent shuts
-//! down (then: `Drain`, let in-flight streams finish within the grace period, close).
+//! One connection to the stub: say hello on the control stream and wait for the welcome
+//! ([`establish`]), then serve every stream the stub opens on its own task until the connection
+//! ends or the agent asks it to stop ([`serve`]; then: `Drain`, let in-flight streams finish
+//! within the grace period, close). Two sessions overlap while a new certificate takes over.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::{ConnectionError, TransportErrorCode};
@@ -11,7 +13,6 @@ use tokio_util::task::TaskTracker;
 use super::AgentConfig;
 use super::forward::Forwarder;
 use super::forward::serve_stream;
-use crate::admin::Readiness;
 use crate::wire::PROTOCOL_VERSION;
 use crate::wire::codes::AppCode;
 use crate::wire::frame::{Control, Hello};
@@ -19,83 +20,81 @@ use crate::wire::io::{WireError, read_frame, read_frame_within, write_frame};
 
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How a session ended.
-#[derive(Debug)]
-pub enum SessionEnd {
-    /// The agent was asked to shut down and did.
-    Shutdown,
-    /// The connection was lost or refused; the reason is in plain words.
-    Lost { welcomed: bool, reason: String },
+/// A connection the stub has welcomed.
+pub struct Session {
+    conn: quinn::Connection,
+    control: quinn::SendStream,
+    control_recv: quinn::RecvStream,
+    pub connection_id: u64,
 }
 
-/// Runs one session on an established connection.
-pub async fn run(
-    conn: quinn::Connection,
-    config: &AgentConfig,
-    forwarder: &std::sync::Arc<Forwarder>,
-    shutdown: &CancellationToken,
-    readiness: &Readiness,
-) -> SessionEnd {
-    let lost = |welcomed, reason: String| SessionEnd::Lost { welcomed, reason };
-    let (mut control, mut control_recv) = match conn.open_bi().await {
-        Ok(x) => x,
-        Err(e) => return lost(false, explain(&e)),
-    };
+/// How a served session ended.
+#[derive(Debug)]
+pub enum SessionEnd {
+    /// The agent asked it to stop, and it drained.
+    Stopped,
+    /// The connection was lost; the reason is in plain words.
+    Lost { reason: String },
+}
+
+/// Says hello on a new connection and waits for the stub's welcome; the error is in plain words.
+pub async fn establish(conn: quinn::Connection, config: &AgentConfig) -> Result<Session, String> {
+    let (mut control, mut control_recv) = conn.open_bi().await.map_err(|e| explain(&e))?;
     let hello = Control::Hello(Hello {
         protocol_version: PROTOCOL_VERSION,
         cluster: config.cluster.clone(),
         agent_name: config.name.clone(),
         build: crate::BUILD.into(),
     });
-    if let Err(e) = write_frame(&mut control, &hello).await {
-        return lost(false, explain_wire(&conn, &e));
-    }
+    write_frame(&mut control, &hello).await.map_err(|e| explain_wire(&conn, &e))?;
     // In TLS 1.3 the handshake completes on our side before the stub has judged our
     // certificate, so only the welcome proves we are in.
-    let connection_id = match read_frame_within(&mut control_recv, WELCOME_TIMEOUT).await {
-        Ok(Control::Welcome(w)) => w.connection_id,
+    match read_frame_within(&mut control_recv, WELCOME_TIMEOUT).await {
+        Ok(Control::Welcome(w)) => Ok(Session { conn, control, control_recv, connection_id: w.connection_id }),
         Ok(other) => {
             conn.close(AppCode::ProtocolViolation.varint(), b"expected welcome");
-            return lost(false, format!("stub sent {other:?} instead of a welcome"));
+            Err(format!("stub sent {other:?} instead of a welcome"))
         }
-        Err(e) => return lost(false, explain_wire(&conn, &e)),
-    };
-    tracing::info!(connection = connection_id, stub = %config.stub, "connected to stub");
-    readiness.set(true);
+        Err(e) => Err(explain_wire(&conn, &e)),
+    }
+}
 
+/// Serves the stub's streams until the connection ends or `stop` is cancelled (then drains).
+pub async fn serve(
+    mut session: Session,
+    forwarder: Arc<Forwarder>,
+    stop: CancellationToken,
+    grace: Duration,
+) -> SessionEnd {
     let streams = TaskTracker::new();
-    let end = loop {
+    loop {
         let accepted = tokio::select! {
-            accepted = conn.accept_bi() => accepted,
-            _ = shutdown.cancelled() => break SessionEnd::Shutdown,
+            accepted = session.conn.accept_bi() => accepted,
+            _ = stop.cancelled() => break,
         };
         match accepted {
             Ok((send, recv)) => {
                 streams.spawn(serve_stream(forwarder.clone(), send, recv));
             }
-            Err(e) => break lost(true, explain(&e)),
+            Err(e) => return SessionEnd::Lost { reason: explain(&e) },
         }
-    };
-    readiness.set(false);
-    if let SessionEnd::Shutdown = end {
-        drain(&conn, config, forwarder, &streams, &mut control, &mut control_recv).await;
     }
-    end
+    drain(&mut session, &forwarder, &streams, grace).await;
+    SessionEnd::Stopped
 }
 
-/// Graceful shutdown: ask the stub to route nothing new here, keep serving whatever it opened
+/// Graceful end: ask the stub to route nothing new here, keep serving whatever it opened
 /// before it heard that (until its `DrainAck`), let in-flight streams finish within the grace
 /// period, then close. A rolling restart of the replicas fails no request this way.
-async fn drain(
-    conn: &quinn::Connection,
-    config: &AgentConfig,
-    forwarder: &std::sync::Arc<Forwarder>,
-    streams: &TaskTracker,
-    control: &mut quinn::SendStream,
-    control_recv: &mut quinn::RecvStream,
-) {
-    tracing::info!(grace = ?config.grace, in_flight = streams.len(), "draining: asking the stub to route nothing new here");
-    let deadline = tokio::time::Instant::now() + config.grace;
+async fn drain(session: &mut Session, forwarder: &Arc<Forwarder>, streams: &TaskTracker, grace: Duration) {
+    let Session { conn, control, control_recv, connection_id } = session;
+    tracing::info!(
+        connection = *connection_id,
+        ?grace,
+        in_flight = streams.len(),
+        "draining: asking the stub to route nothing new here"
+    );
+    let deadline = tokio::time::Instant::now() + grace;
     let mut acked = write_frame(control, &Control::Drain).await.is_err();
     let mut ack = std::pin::pin!(read_frame::<Control, _>(control_recv));
     // Streams keep being accepted to the end: one the stub routed just before it heard the
@@ -108,7 +107,7 @@ async fn drain(
                 }
                 acked = true;
                 streams.close();
-                tracing::info!(in_flight = streams.len(), "drained: no new requests; finishing in-flight ones");
+                tracing::info!(connection = *connection_id, in_flight = streams.len(), "drained: no new requests; finishing in-flight ones");
             }
             accepted = conn.accept_bi() => match accepted {
                 Ok((send, recv)) => {

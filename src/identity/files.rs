@@ -130,14 +130,19 @@ pub fn save(path: &Path, bytes: &[u8], mode: Mode) -> Result<(), FileError> {
     })
 }
 
-fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, FileError> {
+/// Reads a whole file, naming it and `what` was being read in the error.
+pub fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, FileError> {
     std::fs::read(path).map_err(|source| FileError::Io { path: path.to_owned(), action: what, source })
 }
 
 /// Loads every certificate of a PEM file (leaf first), refusing an empty file.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, FileError> {
-    let pem = read(path, "cannot read certificate")?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
+    parse_certs(path, &read(path, "cannot read certificate")?)
+}
+
+/// Every certificate of `pem` (leaf first), read from `path` (named in errors).
+pub fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, FileError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| FileError::Pem { path: path.to_owned(), problem: format!("invalid certificate PEM: {e}") })?;
     if certs.is_empty() {
@@ -148,8 +153,12 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, FileError
 
 /// Loads the first private key of a PEM file.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, FileError> {
-    let pem = read(path, "cannot read private key")?;
-    PrivateKeyDer::from_pem_slice(&pem)
+    parse_key(path, &read(path, "cannot read private key")?)
+}
+
+/// The first private key of `pem`, read from `path` (named in errors).
+pub fn parse_key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, FileError> {
+    PrivateKeyDer::from_pem_slice(pem)
         .map_err(|e| FileError::Pem { path: path.to_owned(), problem: format!("no usable private key: {e}") })
 }
 

@@ -1,0 +1,98 @@
+//! Steady load for availability tests: workers that send requests through the stub in a loop
+//! (GET, and POST with a body checked on return) and sort every outcome, so a test can assert
+//! that a fault failed nothing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use http_body_util::BodyExt;
+
+use super::{Pki, StubProc, front_client};
+
+#[derive(Default)]
+pub struct Outcomes {
+    pub ok: AtomicUsize,
+    /// No response at all, or an error status: the failures these tests forbid.
+    pub failed: AtomicUsize,
+    /// The response had started when the connection died (allowed after kill -9 only).
+    pub cut: AtomicUsize,
+    pub progress: tokio::sync::Notify,
+    pub stop: AtomicBool,
+    pub errors: std::sync::Mutex<Vec<String>>,
+}
+
+impl Outcomes {
+    pub async fn wait_ok(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + super::PATIENCE;
+        loop {
+            let notified = self.progress.notified();
+            if self.ok.load(Ordering::SeqCst) >= n {
+                return;
+            }
+            tokio::time::timeout_at(deadline, notified).await.expect("the load makes progress");
+        }
+    }
+}
+
+/// `workers` loops sending requests (GET, and POST too if `posts`) until stopped.
+pub fn start_load(
+    pki: &Pki,
+    stub: &StubProc,
+    workers: usize,
+    posts: bool,
+) -> (Arc<Outcomes>, Vec<tokio::task::JoinHandle<()>>) {
+    let outcomes = Arc::new(Outcomes::default());
+    let handles = (0..workers)
+        .map(|w| {
+            let (client, outcomes) = (front_client(pki, w % 2 == 0), outcomes.clone());
+            let base = format!("{}/clusters/dev/echo", stub.url);
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !outcomes.stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let post = posts && n.is_multiple_of(2);
+                    let body = format!("worker {w} request {n}");
+                    let request = http::Request::builder()
+                        .method(if post { "POST" } else { "GET" })
+                        .uri(format!("{base}/{w}/{n}"))
+                        .body(tether::bridge::full(if post { body.clone() } else { String::new() }))
+                        .unwrap();
+                    let outcome = match client.request(request).await {
+                        Err(e) => Err(format!("no response: {e:?}")),
+                        Ok(response) if response.status() != 200 => {
+                            let status = response.status();
+                            let text = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            Err(format!("status {status}: {}", String::from_utf8_lossy(&text)))
+                        }
+                        Ok(response) => match response.into_body().collect().await.map(|b| b.to_bytes()) {
+                            Ok(got) if !post || got == body.as_bytes() => Ok(true),
+                            Ok(_) => Err("wrong body".into()),
+                            Err(_) => Ok(false),
+                        },
+                    };
+                    match outcome {
+                        Ok(true) => outcomes.ok.fetch_add(1, Ordering::SeqCst),
+                        Ok(false) => outcomes.cut.fetch_add(1, Ordering::SeqCst),
+                        Err(e) => {
+                            outcomes
+                                .errors
+                                .lock()
+                                .unwrap()
+                                .push(format!("{} /{w}/{n}: {e}", if post { "POST" } else { "GET" }));
+                            outcomes.failed.fetch_add(1, Ordering::SeqCst)
+                        }
+                    };
+                    outcomes.progress.notify_waiters();
+                }
+            })
+        })
+        .collect();
+    (outcomes, handles)
+}
+
+pub async fn stop_load(outcomes: &Outcomes, handles: Vec<tokio::task::JoinHandle<()>>) {
+    outcomes.stop.store(true, Ordering::SeqCst);
+    for handle in handles {
+        tokio::time::timeout(super::PATIENCE, handle).await.expect("workers finish").unwrap();
+    }
+}
