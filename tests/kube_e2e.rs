@@ -18,6 +18,7 @@ use support::kube::{
     ADMIN_USER, AGENT_USER, CLUSTER, DevCluster, Subject, Tether, effective_user, expect_failure, expect_ok,
     run_tether, str_at, text, token_from, unique,
 };
+use tether::identity::files::Mode;
 
 /// A stub and two agents in front of the shared dev cluster.
 async fn tether() -> Tether {
@@ -645,4 +646,90 @@ async fn the_register_manifest_passes_a_server_side_dry_run() {
     }
     assert!(manifest.contains("replicas: 2") && manifest.contains("path: /readyz"), "{manifest}");
     assert!(manifest.contains(r#"verbs: ["impersonate"]"#) && manifest.matches("verbs:").count() == 1, "{manifest}");
+}
+
+#[tokio::test]
+async fn an_in_cluster_agent_acts_as_its_manifests_service_account_and_follows_token_rotation() {
+    let cluster = DevCluster::shared().await;
+    let pki = support::Pki::new();
+    let certs = pki.path().to_str().unwrap();
+    let namespace = unique("ic");
+    // What an admin does: apply the manifest for real (its Deployment stays without pods here:
+    // the dev cluster has no scheduler or kubelet), then run the agent as its pod would.
+    let manifest = run_tether(&[
+        "register",
+        "--certs",
+        certs,
+        "--cluster",
+        CLUSTER,
+        "--stub",
+        "hub.example:7443",
+        "--namespace",
+        &namespace,
+    ])
+    .await;
+    cluster.apply_as_admin(&manifest).await;
+    let agent_token = cluster.admin(&["create", "token", "tether-agent", "-n", &namespace]).await;
+    // A second account without the impersonation role, whose token the rotation swaps in.
+    cluster.admin(&["create", "serviceaccount", "bystander", "-n", &namespace]).await;
+    let bystander_token = cluster.admin(&["create", "token", "bystander", "-n", &namespace]).await;
+
+    let pod = tempfile::tempdir().unwrap();
+    std::fs::copy(cluster.env("CA_FILE"), pod.path().join("ca.crt")).unwrap();
+    std::fs::write(pod.path().join("token"), agent_token.trim()).unwrap();
+    std::fs::write(pod.path().join("namespace"), &namespace).unwrap();
+    let stub = support::StubProc::start(&pki).await;
+    let stub_addr = format!("localhost:{}", stub.quic.rsplit(':').next().unwrap());
+    let pod_dir = pod.path().to_str().unwrap();
+    let args = [
+        "agent",
+        "--certs",
+        certs,
+        "--cluster",
+        CLUSTER,
+        "--name",
+        "agent",
+        "--stub",
+        &stub_addr,
+        "--in-cluster",
+        "--serviceaccount-dir",
+        pod_dir,
+    ];
+    let env = [("KUBERNETES_SERVICE_HOST", "127.0.0.1"), ("KUBERNETES_SERVICE_PORT", cluster.env("APISERVER_PORT"))];
+    let mut agent = support::Proc::spawn_with_env("agent in-cluster", &args, &env);
+    agent.wait_for("connected to stub").await;
+
+    let user = unique("ic-user");
+    grant_view(&cluster, &user).await;
+    let client = support::front_client(&pki, true).with_token(Some(pki.token(&user, &[], &[CLUSTER])));
+    let list = |marker: &str| {
+        format!("{}/clusters/{CLUSTER}/api/v1/namespaces/default/configmaps?labelSelector=marker%3D{marker}", stub.url)
+    };
+    let service_account = format!("system:serviceaccount:{namespace}:tether-agent");
+
+    let first = unique("ic-first");
+    let (status, _, body) = support::call(&client, "GET", &list(&first), "").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let events = cluster.wait_for_audit(&first, 1).await;
+    assert!(
+        events
+            .iter()
+            .all(|e| str_at(e, "user.username") == service_account && str_at(e, "impersonatedUser.username") == user),
+        "the API server saw the service account impersonating {user}: {events:#?}"
+    );
+
+    // The kubelet rotates the token file: the very next request uses the new token. (Here the
+    // new token is another account's, without the impersonation role, so the change shows.)
+    let token_file = pod.path().join("token");
+    tether::identity::files::write_atomic(&token_file, bystander_token.trim().as_bytes(), Mode::Secret).unwrap();
+    let (status, _, body) = support::call(&client, "GET", &list(&unique("ic-second")), "").await;
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains(&format!("system:serviceaccount:{namespace}:bystander")) && body.contains("impersonate"),
+        "{body}"
+    );
+
+    tether::identity::files::write_atomic(&token_file, agent_token.trim().as_bytes(), Mode::Secret).unwrap();
+    assert_eq!(support::call(&client, "GET", &list(&unique("ic-third")), "").await.0, 200);
 }

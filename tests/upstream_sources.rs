@@ -104,7 +104,7 @@ async fn an_https_upstream_url_is_verified_against_its_ca() {
 }
 
 #[tokio::test]
-async fn in_cluster_mode_uses_the_pods_service_account_files_and_environment() {
+async fn in_cluster_mode_uses_the_pods_service_account_files_and_environment_and_follows_token_rotation() {
     let tmp = tempfile::tempdir().unwrap();
     let (upstream, ca_file) = https_upstream(tmp.path()).await;
     let sa = tmp.path().join("serviceaccount");
@@ -126,6 +126,12 @@ async fn in_cluster_mode_uses_the_pods_service_account_files_and_environment() {
     agent.wait_for("connected to stub").await;
     let headers = echo_with_caller_identity(&pki, &stub, "dev").await;
     assert_eq!(headers["x-authorization-seen"], "Bearer sa-token-1", "the pod's service account token");
+
+    // The kubelet rotates the token (a new file swapped in): the next request carries the new one.
+    tether::identity::files::write_atomic(&sa.join("token"), b"sa-token-2", tether::identity::files::Mode::Secret)
+        .unwrap();
+    let headers = echo_with_caller_identity(&pki, &stub, "dev").await;
+    assert_eq!(headers["x-authorization-seen"], "Bearer sa-token-2", "the rotated token");
 
     // Outside a pod the same flags fail at once, naming what is missing.
     let mut outside = support::Proc::spawn("agent outside", &[&args[..], &sa_dir[..]].concat());

@@ -6,6 +6,7 @@
 //! - [`session`]: one connection (hello/welcome, serving streams, draining).
 //! - [`forward`]: one request stream to the API server and back.
 //! - [`upstream`]: the API server client (URL, kubeconfig or in-cluster, through the `kube` crate).
+//! - [`token_file`]: the pod's service-account token, re-read when the kubelet rotates it.
 //!
 //! A rotated certificate takes over without a gap: the agent dials a second connection with the
 //! new certificate, and only once the stub has welcomed it drains the old one (make before
@@ -16,6 +17,7 @@ pub mod backoff;
 pub mod forward;
 pub mod identity;
 pub mod session;
+pub mod token_file;
 pub mod upstream;
 
 use std::future::Future;

@@ -1,10 +1,12 @@
-//! The agent's way to its API server. Every source (a URL, a kubeconfig, later the in-cluster
-//! service account) becomes a `kube::Config`, so address, CA, client certificate and credential
-//! (including token files that rotate and exec plugins) are handled by the `kube` crate. The
-//! HTTP client itself is ours, because kube's own `Client` only sends buffered request bodies
-//! and tether streams them.
+//! The agent's way to its API server. Every source (a URL, a kubeconfig, the in-cluster service
+//! account) becomes a `kube::Config`, so address, CA, client certificate and credential
+//! (including exec plugins) are handled by the `kube` crate. The in-cluster token is ours
+//! ([`super::token_file`]): kube re-reads token files only once a minute, tether on the first
+//! request after the kubelet rotates it. The HTTP client itself is ours too, because kube's own
+//! `Client` only sends buffered request bodies and tether streams them.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -12,8 +14,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use kube::client::ConfigExt;
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use tower::util::MapRequestLayer;
 use tower::{ServiceBuilder, ServiceExt};
 
+use super::token_file::TokenFile;
 use crate::bridge::{Body, BoxError};
 use crate::identity::files;
 
@@ -26,7 +30,7 @@ pub enum UpstreamSource {
     Kubeconfig { path: PathBuf, context: Option<String> },
     /// Inside a pod: the API server from `KUBERNETES_SERVICE_HOST`/`_PORT`, the pod's service
     /// account token and CA from `dir` (normally /var/run/secrets/kubernetes.io/serviceaccount).
-    /// The token file is re-read as the kubelet rotates it, and the CA file as it changes.
+    /// The token file is re-read as soon as the kubelet rotates it.
     InCluster { dir: PathBuf },
 }
 
@@ -59,7 +63,7 @@ pub enum UpstreamError {
 }
 
 /// The configuration a pod has: service host and port from the environment, token and CA files.
-fn in_cluster(dir: &std::path::Path) -> Result<kube::Config, UpstreamError> {
+fn in_cluster(dir: &std::path::Path) -> Result<(kube::Config, TokenFile), UpstreamError> {
     let env = |name: &'static str| std::env::var(name).map_err(|_| UpstreamError::NotInCluster(name));
     let (host, port) = (env("KUBERNETES_SERVICE_HOST")?, env("KUBERNETES_SERVICE_PORT")?);
     let host = if host.contains(':') { format!("[{host}]") } else { host };
@@ -69,14 +73,11 @@ fn in_cluster(dir: &std::path::Path) -> Result<kube::Config, UpstreamError> {
     let mut config = kube::Config::new(uri);
     config.root_cert = Some(files::load_certs(&ca)?.into_iter().map(|c| c.to_vec()).collect());
     config.root_cert_file = Some(ca);
-    let token = dir.join("token");
-    // Read once now so a missing file is an error at start, not at the first request.
-    files::load_text(&token, "cannot read the service account token")?;
-    config.auth_info.token_file = Some(token.display().to_string());
+    let token = TokenFile::open(&dir.join("token"))?;
     if let Ok(namespace) = std::fs::read_to_string(dir.join("namespace")) {
         config.default_namespace = namespace.trim().to_owned();
     }
-    Ok(config)
+    Ok((config, token))
 }
 
 type Service = tower::util::BoxCloneSyncService<Request<Body>, Response<Incoming>, BoxError>;
@@ -98,6 +99,7 @@ impl std::fmt::Debug for Upstream {
 impl Upstream {
     /// Builds the client for `source`.
     pub async fn new(source: &UpstreamSource) -> Result<Upstream, UpstreamError> {
+        let mut token_file = None;
         let config = match source {
             UpstreamSource::Url { url, ca } => {
                 let uri = url.parse().map_err(|source| UpstreamError::BadUrl { url: url.clone(), source })?;
@@ -115,18 +117,28 @@ impl Upstream {
                     .await
                     .map_err(|source| UpstreamError::Kubeconfig { path: path.clone(), source })?
             }
-            UpstreamSource::InCluster { dir } => in_cluster(dir)?,
+            UpstreamSource::InCluster { dir } => {
+                let (config, token) = in_cluster(dir)?;
+                token_file = Some(Arc::new(token));
+                config
+            }
         };
-        Upstream::from_config(config)
+        Upstream::from_config(config, token_file)
     }
 
-    /// Builds the client from a `kube::Config`.
-    pub fn from_config(config: kube::Config) -> Result<Upstream, UpstreamError> {
+    /// Builds the client from a `kube::Config`, with the bearer token of `token_file` if given.
+    fn from_config(config: kube::Config, token_file: Option<Arc<TokenFile>>) -> Result<Upstream, UpstreamError> {
         let connector = config.rustls_https_connector().map_err(UpstreamError::Kube)?;
         let client: Client<_, Body> = Client::builder(TokioExecutor::new()).build(connector);
         let service = ServiceBuilder::new()
             .layer(config.base_uri_layer())
             .option_layer(config.auth_layer().map_err(UpstreamError::Kube)?)
+            .option_layer(token_file.map(|token| {
+                MapRequestLayer::new(move |mut request: Request<Body>| {
+                    request.headers_mut().insert(http::header::AUTHORIZATION, token.authorization());
+                    request
+                })
+            }))
             .map_err(BoxError::from)
             .service(client);
         Ok(Upstream { service: Service::new(service), url: config.cluster_url.to_string() })
