@@ -206,6 +206,10 @@ struct StubArgs {
     /// this busy answers 429. Keep it below the agents' --max-streams. 0: no limit.
     #[arg(long, env = "TETHER_MAX_REQUESTS_PER_AGENT", default_value_t = 16000)]
     max_requests_per_agent: usize,
+    /// A response whose caller leaves it unread this long is dropped, so that it cannot hold
+    /// the agent connection's flow-control window. 0s: never.
+    #[arg(long, env = "TETHER_STALLED_READER_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    stalled_reader_timeout: Duration,
     /// Reload the whitelist only on SIGHUP, not also when the file changes.
     #[arg(long, env = "TETHER_NO_WATCH_WHITELIST")]
     no_watch_whitelist: bool,
@@ -326,6 +330,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 issuer_pub: args.issuer_pub.unwrap_or_else(|| dir.issuer_pub()),
                 audit: args.audit_log,
                 watch_whitelist: !args.no_watch_whitelist,
+                stalled_reader_timeout: Some(args.stalled_reader_timeout).filter(|t| !t.is_zero()),
                 limits: Limits {
                     per_user: args.max_requests_per_user,
                     per_cluster: args.max_requests_per_cluster,

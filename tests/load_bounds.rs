@@ -189,3 +189,47 @@ async fn clients_that_never_read_do_not_grow_stub_or_agent_memory() {
     assert!(agent_peak < MEMORY_BOUND, "agent peaked at {} MiB", agent_peak >> 20);
     drop(stalled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_left_unread_are_dropped_so_they_cannot_stall_the_agent_connection() {
+    // Twelve unread responses hold 12 x 2 MiB of stream windows, more than the agent
+    // connection's 16 MiB window: nothing else on it moves until they are dropped.
+    const SLOW_READERS: usize = 12;
+    let pki = Pki::new();
+    pki.agent("dev", "agent-0");
+    let upstream = Upstream::start().await;
+    let timeout = std::env::var("TETHER_TEST_STALLED_TIMEOUT").unwrap_or_else(|_| "2s".into());
+    let mut stub = StubProc::start_with(&pki, &["--audit-log", "off", "--stalled-reader-timeout", &timeout]).await;
+    let mut agent = spawn_agent(&pki, &stub, "dev", "agent-0", &upstream.url(), &[]);
+    agent.wait_for("connected to stub").await;
+
+    let mut stalled = Vec::new();
+    for i in 0..SLOW_READERS {
+        let client = front_client(&pki, i % 2 == 0);
+        let request = client.get(format!("{}/clusters/dev/bytes/{}", stub.url, 1u64 << 30).parse().unwrap());
+        // Without the timeout, even the response heads stop arriving once the window is gone.
+        let response = tokio::time::timeout(support::PATIENCE, request).await.expect("a response head arrives");
+        assert_eq!(response.as_ref().unwrap().status(), 200);
+        stalled.push((client, response));
+    }
+    let started = tokio::time::Instant::now();
+    let client = front_client(&pki, true);
+    let download = async {
+        let response = client.get(format!("{}/clusters/dev/bytes/{}", stub.url, 4 << 20).parse().unwrap()).await;
+        response.unwrap().into_body().collect().await.unwrap().to_bytes()
+    };
+    let body = tokio::time::timeout(support::PATIENCE, download).await.expect("the agent connection is not stuck");
+    assert_eq!(body.len(), 4 << 20);
+    assert!(body.iter().enumerate().all(|(i, b)| *b == support::upstream::pattern(i as u64)));
+    eprintln!(
+        "served after {:.1?}, with {} unread responses dropped so far",
+        started.elapsed(),
+        stub.proc.count("the caller stopped reading its response")
+    );
+    // Every unread response goes, and its caller sees an error, not a short body presented as
+    // whole.
+    stub.proc.wait_for_count("the caller stopped reading its response", SLOW_READERS).await;
+    for (_, response) in stalled {
+        assert!(response.unwrap().into_body().collect().await.is_err());
+    }
+}

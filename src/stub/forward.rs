@@ -8,6 +8,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -16,11 +17,11 @@ use quinn::SendStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::StubState;
 use super::audit::Pending;
 use super::limits::{Admitted, LimitError};
 use super::registry::{InFlight, Pick};
 use super::route::{self, RouteError};
+use super::{StubState, stalled};
 use crate::bridge::{self, Body, PumpError};
 use crate::identity::fingerprint::Fingerprint;
 use crate::identity::token::{self, TokenError};
@@ -209,7 +210,10 @@ async fn send_to_agent(
             match send_head_and_wait(&link.connection, &head, true).await {
                 Ok((_send, recv, response_head)) => {
                     tracing::debug!(status = response_head.status, "response head");
-                    return Ok(response_from(response_head, bridge::recv_body(recv, (in_flight, admitted))));
+                    return Ok(response_from(
+                        response_head,
+                        stalled::response_body(recv, (in_flight, admitted), state.stalled_reader_timeout),
+                    ));
                 }
                 Err(e) if failed_link.is_none() => {
                     tracing::warn!(connection = link.id, agent = %link.name, error = %e, "stream failed before any response; retrying on another connection");
@@ -225,7 +229,8 @@ async fn send_to_agent(
         write_frame(&mut send, &head).await.map_err(stream_err)?;
 
         if upgrade {
-            return upgrade_response(req, send, recv, (in_flight, admitted)).await.map_err(stream_err);
+            let timeout = state.stalled_reader_timeout;
+            return upgrade_response(req, send, recv, (in_flight, admitted), timeout).await.map_err(stream_err);
         }
 
         // The request body flows on its own task, so a large upload and the response overlap.
@@ -237,7 +242,10 @@ async fn send_to_agent(
 
         let response_head: ResponseHead = read_frame(&mut recv).await.map_err(stream_err)?;
         tracing::debug!(status = response_head.status, "response head");
-        return Ok(response_from(response_head, bridge::recv_body(recv, (cancel_on_drop, in_flight, admitted))));
+        return Ok(response_from(
+            response_head,
+            stalled::response_body(recv, (cancel_on_drop, in_flight, admitted), state.stalled_reader_timeout),
+        ));
     }
 }
 
@@ -289,12 +297,13 @@ async fn upgrade_response(
     mut send: SendStream,
     mut recv: quinn::RecvStream,
     counted: (InFlight, Admitted),
+    stalled_reader_timeout: Option<Duration>,
 ) -> Result<Response<Body>, WireError> {
     let on_upgrade = hyper::upgrade::on(&mut req);
     let head: ResponseHead = read_frame(&mut recv).await?;
     if head.status != StatusCode::SWITCHING_PROTOCOLS.as_u16() {
         let _ = send.finish();
-        return Ok(response_from(head, bridge::recv_body(recv, counted)));
+        return Ok(response_from(head, stalled::response_body(recv, counted, stalled_reader_timeout)));
     }
     tokio::spawn(
         async move {

@@ -8,6 +8,8 @@
 //! - [`audit`]: one JSON line per request.
 //! - [`limits`]: requests in flight per user and per cluster (429 beyond).
 //! - [`reload`]: the whitelist reloaded on change and on SIGHUP; revoked agents cut off.
+//! - [`stalled`]: responses whose caller stopped reading are dropped, so they cannot stall an
+//!   agent connection.
 
 pub mod agents;
 pub mod audit;
@@ -17,6 +19,7 @@ pub mod limits;
 pub mod registry;
 pub mod reload;
 pub mod route;
+pub mod stalled;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -52,6 +55,8 @@ pub struct StubConfig {
     /// Reload the whitelist when its file changes (besides on SIGHUP).
     pub watch_whitelist: bool,
     pub limits: limits::Limits,
+    /// A response left unread this long is dropped (`None`: never).
+    pub stalled_reader_timeout: Option<Duration>,
 }
 
 /// State shared by the QUIC side and the front door.
@@ -62,6 +67,7 @@ pub struct StubState {
     pub tokens: TokenVerifier,
     pub audit: AuditLog,
     pub limits: Arc<limits::Counters>,
+    pub stalled_reader_timeout: Option<Duration>,
 }
 
 /// A stub whose sockets are bound (so its addresses are known) but not yet serving.
@@ -101,6 +107,7 @@ impl Stub {
             tokens,
             audit,
             limits: limits::Counters::new(config.limits),
+            stalled_reader_timeout: config.stalled_reader_timeout,
         });
         Ok(Stub {
             endpoint,
