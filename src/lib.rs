@@ -19,6 +19,7 @@
 //! - [`register`]: the manifest that installs an agent in a cluster.
 //! - [`shutdown`]: SIGINT and SIGTERM as one future.
 //! - [`fd_limit`]: the open-file limit raised for thousands of connections.
+//! - [`link`]: an emulated bad link (loss, delay, jitter, rate) for tests and benchmarks.
 
 pub mod admin;
 pub mod agent;
@@ -26,6 +27,7 @@ pub mod bridge;
 pub mod fd_limit;
 pub mod identity;
 pub mod kubeconfig;
+pub mod link;
 pub mod quic;
 pub mod register;
 pub mod shutdown;

@@ -14,7 +14,7 @@ use tether::identity::tls;
 use tether::identity::token::{Claims, Confirmation, TokenIssuer};
 use tether::identity::whitelist::Registered;
 use tether::kubeconfig::UserKubeconfig;
-use tether::quic::Tuning;
+use tether::quic::{Congestion, Tuning};
 use tether::register::Registration;
 use tether::stub::audit::AuditTarget;
 use tether::stub::limits::Limits;
@@ -44,6 +44,40 @@ enum Command {
     /// Print the manifest that installs an agent in a cluster (issuing and registering its
     /// certificate if it has none yet).
     Register(RegisterArgs),
+    /// Emulate a bad link on this machine (root): a network namespace for the stub, reached over
+    /// a wire with loss, delay, jitter and a rate limit, plus a clean path for clients.
+    Link(LinkArgs),
+}
+
+#[derive(Args)]
+struct LinkArgs {
+    /// The network namespace to create; the stub runs in it (`ip netns exec NAME tether stub`).
+    #[arg(long)]
+    name: String,
+    /// Picks the subnets 10.201.N.0/24 (lossy) and 10.202.N.0/24 (clean), 1 to 254.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=254))]
+    index: u8,
+    /// Packets lost at random in each direction, in percent.
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// One-way delay (RTT is twice this).
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    delay: Duration,
+    /// Each packet's delay varies by up to this much either way.
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    jitter: Duration,
+    /// Rate limit per direction, e.g. 100mbit; 0: none.
+    #[arg(long, default_value = "0", value_parser = tether::link::parse_rate)]
+    rate: u64,
+    /// Seed of the loss and jitter: the same seed gives the same link.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Packets queued per direction before new ones are dropped.
+    #[arg(long, default_value_t = 1000)]
+    queue_limit: usize,
+    /// Take the link down after this long.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    lifetime: Duration,
 }
 
 #[derive(Args)]
@@ -174,6 +208,10 @@ struct QuicArgs {
     /// A peer silent this long is considered dead (keep-alives go out at a third of it).
     #[arg(long, env = "TETHER_IDLE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
+    /// Congestion controller for what this side sends: bbr keeps its pace on links that lose
+    /// packets; cubic and new-reno slow down at every loss.
+    #[arg(long, env = "TETHER_CONGESTION", value_enum, default_value = "bbr")]
+    congestion: Congestion,
 }
 
 #[derive(Args)]
@@ -339,7 +377,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 certs: dir,
                 quic_listen: args.quic_listen,
                 https_listen: args.https_listen,
-                tuning: Tuning { idle_timeout: args.quic.idle_timeout, ..Tuning::default() },
+                tuning: Tuning {
+                    idle_timeout: args.quic.idle_timeout,
+                    congestion: args.quic.congestion,
+                    ..Tuning::default()
+                },
                 grace: args.grace,
             };
             let stub = Stub::bind(config).await.context("starting the stub")?;
@@ -364,13 +406,36 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 stub: args.stub,
                 server_name: args.server_name,
                 upstream,
-                tuning: Tuning { idle_timeout: args.quic.idle_timeout, max_request_streams: args.max_streams },
+                tuning: Tuning {
+                    idle_timeout: args.quic.idle_timeout,
+                    max_request_streams: args.max_streams,
+                    congestion: args.quic.congestion,
+                },
                 backoff_min: args.backoff_min,
                 backoff_max: args.backoff_max,
                 grace: args.grace,
                 admin_listen: args.admin_listen,
             };
             agent::run(config, tether::shutdown::signal()).await
+        }
+        Command::Link(args) => {
+            if !(0.0..=100.0).contains(&args.loss) {
+                anyhow::bail!("--loss {} is not a percentage (0 to 100)", args.loss);
+            }
+            let config = tether::link::LinkConfig {
+                name: args.name,
+                index: args.index,
+                impairment: tether::link::shaper::Impairment {
+                    loss_percent: args.loss,
+                    delay: args.delay,
+                    jitter: args.jitter,
+                    rate_bps: Some(args.rate).filter(|r| *r > 0),
+                },
+                seed: args.seed,
+                queue_limit: args.queue_limit,
+                lifetime: args.lifetime,
+            };
+            tether::link::run(config, tether::shutdown::signal()).await
         }
         Command::Token(args) => {
             for cluster in &args.clusters {

@@ -17,12 +17,25 @@ pub struct Tuning {
     /// each hold one, so this is far above the expected number of concurrent watches. quinn
     /// keeps a small record per allowed stream, so it also bounds memory.
     pub max_request_streams: u32,
+    /// How the sender paces itself.
+    pub congestion: Congestion,
 }
 
 impl Default for Tuning {
     fn default() -> Self {
-        Tuning { idle_timeout: Duration::from_secs(10), max_request_streams: 16_384 }
+        Tuning { idle_timeout: Duration::from_secs(10), max_request_streams: 16_384, congestion: Congestion::Bbr }
     }
+}
+
+/// The congestion controller. Loss-based ones (Cubic, NewReno) read every lost packet as
+/// congestion and slow down, so on a link that simply loses packets (radio, a bad tunnel) they
+/// crawl: at 5% loss and 20 ms RTT Cubic moved about 0.3 MB/s in our test. BBR paces by the
+/// measured bandwidth and RTT instead, which is what a lossy link needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Congestion {
+    Bbr,
+    Cubic,
+    NewReno,
 }
 
 // One stream may have 2 MiB in flight: 100 MB/s at 20 ms RTT, and a slow reader holds at most
@@ -46,6 +59,11 @@ fn transport(tuning: &Tuning, peer_may_open_bidi: u32) -> Arc<TransportConfig> {
     t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW));
     t.receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW));
     t.send_window(SEND_WINDOW);
+    match tuning.congestion {
+        Congestion::Bbr => t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default())),
+        Congestion::Cubic => t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default())),
+        Congestion::NewReno => t.congestion_controller_factory(Arc::new(quinn::congestion::NewRenoConfig::default())),
+    };
     Arc::new(t)
 }
 

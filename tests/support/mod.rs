@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod kube;
+pub mod link;
 pub mod load;
 pub mod upstream;
 
@@ -39,6 +40,11 @@ pub struct Pki {
 
 impl Pki {
     pub fn new() -> Pki {
+        Pki::with_stub_names(&[])
+    }
+
+    /// Like [`Pki::new`], with more names (DNS names or IPs) on the stub's certificate.
+    pub fn with_stub_names(extra: &[&str]) -> Pki {
         tether::identity::tls::install_default_provider();
         let tmp = tempfile::tempdir().unwrap();
         let dir = CertDir::new(tmp.path());
@@ -46,7 +52,10 @@ impl Pki {
         ca.save(&dir.ca_cert(), &dir.ca_key()).unwrap();
         let stub = Signer::from_pem(&ca.cert_pem, &ca.key_pem)
             .unwrap()
-            .issue_stub(&["localhost".into(), "127.0.0.1".into()], Validity::days(1))
+            .issue_stub(
+                &["localhost", "127.0.0.1"].iter().chain(extra).map(|n| n.to_string()).collect::<Vec<_>>(),
+                Validity::days(1),
+            )
             .unwrap();
         stub.save(&dir.stub_cert(), &dir.stub_key()).unwrap();
         std::fs::write(dir.whitelist(), "# test whitelist\n").unwrap();
@@ -105,9 +114,17 @@ impl Proc {
 
     /// Like [`Proc::spawn`], with extra environment variables.
     pub fn spawn_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
-        let mut child = Command::new(tether_bin())
-            .args(args)
-            .envs(env.iter().copied())
+        Proc::spawn_command(name, Command::new(tether_bin()).args(args).envs(env.iter().copied()))
+    }
+
+    /// The tether binary run inside network namespace `netns` (`ip netns exec`, which execs it:
+    /// the PID is tether's own).
+    pub fn spawn_in_netns(name: &str, netns: &str, args: &[&str]) -> Proc {
+        Proc::spawn_command(name, Command::new("ip").args(["netns", "exec", netns, tether_bin()]).args(args))
+    }
+
+    fn spawn_command(name: &str, command: &mut Command) -> Proc {
+        let mut child = command
             .env("TETHER_LOG", std::env::var("TETHER_TEST_LOG").unwrap_or_else(|_| "info,tether=debug".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -236,6 +253,20 @@ impl StubProc {
     /// A stub with extra arguments (e.g. `--audit-log FILE`).
     pub async fn start_with(pki: &Pki, extra: &[&str]) -> StubProc {
         StubProc::start_at(pki, "127.0.0.1:0", "127.0.0.1:0", extra).await
+    }
+
+    /// A stub inside `link`'s namespace: agents reach it over the lossy wire, clients over the
+    /// clean path.
+    pub async fn start_behind(pki: &Pki, link: &link::Link, extra: &[&str]) -> StubProc {
+        let certs = pki.path().to_str().unwrap();
+        let mut args = vec!["stub", "--certs", certs, "--quic-listen", "0.0.0.0:0", "--https-listen", "0.0.0.0:0"];
+        args.extend_from_slice(extra);
+        let mut proc = Proc::spawn_in_netns("stub", &link.netns, &args);
+        let line = proc.wait_for("stub listening").await;
+        let port = |key| field(&line, key).rsplit(':').next().unwrap().to_owned();
+        let quic = format!("{}:{}", link.lossy_addr(), port("quic="));
+        let url = format!("https://{}:{}", link.clean_addr(), port("https="));
+        StubProc { proc, quic, url }
     }
 
     /// A stub on these addresses (to restart one where the previous one was).

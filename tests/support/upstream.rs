@@ -117,9 +117,9 @@ impl Upstream {
         self.seen.requests.load(Ordering::SeqCst)
     }
 
-    /// Waits (bounded) until at least `n` `/watch` responses are open.
-    pub async fn wait_watching(&self, n: usize) {
-        wait_count(&self.seen.watching, &self.seen.watching_signal, n, "open watches").await
+    /// Waits (at most `patience`) until at least `n` `/watch` responses are open.
+    pub async fn wait_watching(&self, n: usize, patience: std::time::Duration) {
+        wait_count_within(&self.seen.watching, &self.seen.watching_signal, n, "open watches", patience).await
     }
 
     pub fn watching(&self) -> usize {
@@ -155,7 +155,11 @@ impl Drop for Watching {
 }
 
 async fn wait_count(count: &AtomicUsize, signal: &Notify, n: usize, what: &str) {
-    let deadline = tokio::time::Instant::now() + super::PATIENCE;
+    wait_count_within(count, signal, n, what, super::PATIENCE).await
+}
+
+async fn wait_count_within(count: &AtomicUsize, signal: &Notify, n: usize, what: &str, patience: std::time::Duration) {
+    let deadline = tokio::time::Instant::now() + patience;
     loop {
         // Created before the check, so a notification in between is not lost.
         let notified = signal.notified();
@@ -163,7 +167,7 @@ async fn wait_count(count: &AtomicUsize, signal: &Notify, n: usize, what: &str) 
             return;
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            panic!("upstream: {} {what} after {:?}, expected {n}", count.load(Ordering::SeqCst), super::PATIENCE);
+            panic!("upstream: {} {what} after {patience:?}, expected {n}", count.load(Ordering::SeqCst));
         }
     }
 }

@@ -1,0 +1,246 @@
+//! `tether link`: an emulated bad link on this machine, for tests and benchmarks. The kernel
+//! here has no netem, so the link is a userspace wire between two TUN devices: one inside a
+//! network namespace of its own (where a stub runs), one in the namespace `tether link` was
+//! started in (where agents run). Every IP packet crossing it, TCP or UDP alike, goes through a
+//! [`shaper::Shaper`] per direction: loss, delay, jitter and a rate limit, reproducible from a
+//! seed. A second, clean path (a veth pair) reaches the same namespace, so that front-door
+//! clients can be measured without the loss.
+//!
+//! ```text
+//!   namespace NAME                          the caller's namespace
+//!   10.201.N.1 tlNn ===(lossy wire)=== tlNr 10.201.N.2     agents dial 10.201.N.1
+//!   10.202.N.1 tcNn ---(veth, clean)-- tcNr 10.202.N.2     clients dial 10.202.N.1
+//! ```
+//!
+//! The process owns everything it makes: on SIGINT, SIGTERM or the end of `--lifetime` it deletes
+//! the namespace (and with it the veth pair); the TUN devices vanish with the process, even
+//! after `kill -9` (the namespace then stays until `ip netns del NAME`).
+//!
+//! - [`shaper`]: the impairment model (pure, property-tested).
+//! - [`tun`]: TUN devices.
+
+pub mod shaper;
+pub mod tun;
+
+use std::collections::VecDeque;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio_util::sync::CancellationToken;
+
+use shaper::{Impairment, Shaper};
+use tun::Tun;
+
+/// What `tether link` needs.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// The network namespace to create (where the stub runs).
+    pub name: String,
+    /// Picks the link's subnets (10.201.N.0/24, 10.202.N.0/24) and device names.
+    pub index: u8,
+    /// Applied to each direction.
+    pub impairment: Impairment,
+    pub seed: u64,
+    /// Packets queued per direction before the link drops new ones (a router's buffer).
+    pub queue_limit: usize,
+    /// The link takes itself down after this long, so a forgotten one does not stay.
+    pub lifetime: Duration,
+}
+
+impl LinkConfig {
+    /// The address agents dial: the stub's end of the lossy wire.
+    pub fn lossy_addr(&self) -> String {
+        format!("10.201.{}.1", self.index)
+    }
+    /// The address clients dial: the stub's end of the clean path.
+    pub fn clean_addr(&self) -> String {
+        format!("10.202.{}.1", self.index)
+    }
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let output = Command::new("ip").args(args).output().context("running `ip` (iproute2)")?;
+    if !output.status.success() {
+        bail!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(())
+}
+
+/// The namespace and devices of a link; deleting the namespace undoes the rest.
+struct Made {
+    name: String,
+    clean_root: String,
+}
+
+impl Drop for Made {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+        // Gone with its peer already, normally.
+        let _ = Command::new("ip").args(["link", "del", &self.clean_root]).output();
+    }
+}
+
+fn set_up(config: &LinkConfig) -> anyhow::Result<(Made, Tun, Tun)> {
+    let n = config.index;
+    let ns = config.name.as_str();
+    let (tun_ns, tun_root, veth_root, veth_ns) =
+        (format!("tl{n}n"), format!("tl{n}r"), format!("tc{n}r"), format!("tc{n}n"));
+    ip(&["netns", "add", ns]).with_context(|| {
+        format!("creating network namespace {ns} (needs root; if it exists from an earlier link, `ip netns del {ns}`)")
+    })?;
+    let made = Made { name: ns.to_owned(), clean_root: veth_root.clone() };
+    let inside = Tun::create(&tun_ns).with_context(|| format!("creating TUN device {tun_ns} (needs /dev/net/tun)"))?;
+    let outside = Tun::create(&tun_root).with_context(|| format!("creating TUN device {tun_root}"))?;
+    let lossy = |side: u8| format!("10.201.{n}.{side}/24");
+    let clean = |side: u8| format!("10.202.{n}.{side}/24");
+    ip(&["link", "set", &tun_ns, "netns", ns])?;
+    ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    ip(&["-n", ns, "addr", "add", &lossy(1), "dev", &tun_ns])?;
+    ip(&["-n", ns, "link", "set", &tun_ns, "up"])?;
+    ip(&["addr", "add", &lossy(2), "dev", &tun_root])?;
+    ip(&["link", "set", &tun_root, "up"])?;
+    ip(&["link", "add", &veth_root, "type", "veth", "peer", "name", &veth_ns, "netns", ns])?;
+    ip(&["addr", "add", &clean(2), "dev", &veth_root])?;
+    ip(&["link", "set", &veth_root, "up"])?;
+    ip(&["-n", ns, "addr", "add", &clean(1), "dev", &veth_ns])?;
+    ip(&["-n", ns, "link", "set", &veth_ns, "up"])?;
+    Ok((made, inside, outside))
+}
+
+/// Counts of one direction, logged at the end.
+#[derive(Debug, Default)]
+struct Tally {
+    forwarded: u64,
+    lost: u64,
+    overflowed: u64,
+}
+
+/// Moves packets from `from` to `to` through `shaper` until `stop` (or a device fails).
+async fn carry(from: Arc<Tun>, to: Arc<Tun>, mut shaper: Shaper, queue_limit: usize, stop: CancellationToken) -> Tally {
+    let start = tokio::time::Instant::now();
+    let mut queue: VecDeque<(Duration, Vec<u8>)> = VecDeque::new();
+    let mut tally = Tally::default();
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let next = queue.front().map(|(at, _)| start + *at);
+        tokio::select! {
+            _ = stop.cancelled() => return tally,
+            read = from.recv(&mut buf) => {
+                let Ok(len) = read else { return tally };
+                match shaper.admit(start.elapsed(), len) {
+                    None => tally.lost += 1,
+                    Some(_) if queue.len() >= queue_limit => tally.overflowed += 1,
+                    Some(at) => queue.push_back((at, buf[..len].to_vec())),
+                }
+            }
+            _ = tokio::time::sleep_until(next.unwrap_or_else(tokio::time::Instant::now)), if next.is_some() => {
+                let now = start.elapsed();
+                while let Some((at, _)) = queue.front() {
+                    if *at > now {
+                        break;
+                    }
+                    let (_, packet) = queue.pop_front().expect("front exists");
+                    if to.send(&packet).is_err() {
+                        return tally;
+                    }
+                    tally.forwarded += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Runs the link until `shutdown` or the end of its lifetime, then takes it down.
+pub async fn run(config: LinkConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let (made, inside, outside) = set_up(&config)?;
+    let (inside, outside) = (Arc::new(inside), Arc::new(outside));
+    let i = config.impairment;
+    tracing::info!(
+        netns = %config.name,
+        lossy = %format!("{} (in {}) <-> 10.201.{}.2", config.lossy_addr(), config.name, config.index),
+        clean = %format!("{} (in {}) <-> 10.202.{}.2", config.clean_addr(), config.name, config.index),
+        loss_percent = i.loss_percent, delay = ?i.delay, jitter = ?i.jitter, rate_bps = ?i.rate_bps, seed = config.seed,
+        "link up"
+    );
+    // Each direction has its own random stream, both from the one seed.
+    let stop = CancellationToken::new();
+    let outbound = tokio::spawn(carry(
+        inside.clone(),
+        outside.clone(),
+        Shaper::new(i, config.seed),
+        config.queue_limit,
+        stop.clone(),
+    ));
+    let inbound_shaper = Shaper::new(i, config.seed ^ 0x9e37_79b9_7f4a_7c15);
+    let inbound = tokio::spawn(carry(outside, inside, inbound_shaper, config.queue_limit, stop.clone()));
+    tokio::select! {
+        _ = shutdown => {}
+        _ = tokio::time::sleep(config.lifetime) => tracing::warn!(lifetime = ?config.lifetime, "link lifetime over"),
+    }
+    stop.cancel();
+    if let (Ok(to_agents), Ok(to_stub)) = (outbound.await, inbound.await) {
+        tracing::info!(?to_agents, ?to_stub, "link tally");
+    }
+    drop(made);
+    tracing::info!(netns = %config.name, "link down");
+    Ok(())
+}
+
+/// Parses a rate: bits per second, with an optional `k`, `m` or `g` (powers of 1000) and an
+/// optional `bit` suffix: `100mbit`, `2.5g`, `64000`. `0` means unlimited.
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let number = lower.strip_suffix("bit").unwrap_or(&lower);
+    let (digits, scale) = match number.chars().last() {
+        Some('k') => (&number[..number.len() - 1], 1e3),
+        Some('m') => (&number[..number.len() - 1], 1e6),
+        Some('g') => (&number[..number.len() - 1], 1e9),
+        _ => (number, 1.0),
+    };
+    let value: f64 = digits
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite() && *v >= 0.0)
+        .ok_or_else(|| format!("{text:?} is not a rate (examples: 100mbit, 2.5gbit, 64000)"))?;
+    let bps = value * scale;
+    if bps > u64::MAX as f64 {
+        return Err(format!("{text:?} is too large a rate"));
+    }
+    Ok(bps as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_rate;
+    use proptest::prelude::*;
+
+    #[test]
+    fn rates_in_the_forms_people_write() {
+        assert_eq!(parse_rate("100mbit"), Ok(100_000_000));
+        assert_eq!(parse_rate("2.5G"), Ok(2_500_000_000));
+        assert_eq!(parse_rate("64000"), Ok(64_000));
+        assert_eq!(parse_rate("0"), Ok(0));
+        assert!(parse_rate("fast").unwrap_err().contains("\"fast\" is not a rate"));
+        assert!(parse_rate("-1mbit").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn every_written_rate_reads_back(bps in 1u64..1_000_000_000_000, unit in 0usize..4) {
+            let (suffix, scale) = [("", 1), ("k", 1_000), ("m", 1_000_000), ("g", 1_000_000_000)][unit];
+            let whole = bps / scale;
+            prop_assume!(whole > 0);
+            prop_assert_eq!(parse_rate(&format!("{whole}{suffix}bit")), Ok(whole * scale));
+        }
+
+        #[test]
+        fn any_text_gives_a_rate_or_an_error_naming_it(text in "\\PC{0,12}") {
+            if let Err(message) = parse_rate(&text) {
+                let quoted = format!("{:?}", text);
+                prop_assert!(message.contains(&quoted));
+            }
+        }
+    }
+}
