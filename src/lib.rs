@@ -19,10 +19,12 @@
 //! - [`register`]: the manifest that installs an agent in a cluster.
 //! - [`shutdown`]: SIGINT and SIGTERM as one future.
 //! - [`fd_limit`]: the open-file limit raised for thousands of connections.
+//! - [`bench`]: the load harness (`tether bench`).
 //! - [`link`]: an emulated bad link (loss, delay, jitter, rate) for tests and benchmarks.
 
 pub mod admin;
 pub mod agent;
+pub mod bench;
 pub mod bridge;
 pub mod fd_limit;
 pub mod identity;

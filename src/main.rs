@@ -44,9 +44,66 @@ enum Command {
     /// Print the manifest that installs an agent in a cluster (issuing and registering its
     /// certificate if it has none yet).
     Register(RegisterArgs),
+    /// Load-test a stub (or an upstream directly, for comparison); or serve a target to test.
+    Bench(Box<BenchArgs>),
     /// Emulate a bad link on this machine (root): a network namespace for the stub, reached over
     /// a wire with loss, delay, jitter and a rate limit, plus a clean path for clients.
     Link(LinkArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Base URL of the target: a stub's https://HOST:PORT/clusters/CLUSTER, or an upstream.
+    #[arg(long, required_unless_present = "serve")]
+    target: Option<String>,
+    /// Bearer token (a stub needs one: `tether token --user bench --cluster C`).
+    #[arg(long, env = "TETHER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// CA of an https target (for a stub: the tether CA).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Requests in flight at once.
+    #[arg(long, short = 'c', default_value_t = 16)]
+    concurrency: usize,
+    /// Client connections to spread them over.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// Use HTTP/1.1 (one connection per request in flight) instead of HTTP/2.
+    #[arg(long)]
+    http1: bool,
+    /// How long to run.
+    #[arg(long, short = 'd', default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Stop after this many requests instead (within --duration).
+    #[arg(long, short = 'n')]
+    requests: Option<u64>,
+    /// Request kinds and weights: small, list, watch, upload, e.g. small=80,list=10,watch=5,upload=5.
+    #[arg(long, default_value = "small", value_parser = tether::bench::mix::Mix::parse)]
+    mix: tether::bench::mix::Mix,
+    #[arg(long, default_value = "/small")]
+    small_path: String,
+    #[arg(long, default_value = "/list?bytes=1048576")]
+    list_path: String,
+    #[arg(long, default_value = "/watch")]
+    watch_path: String,
+    #[arg(long, default_value = "/upload")]
+    upload_path: String,
+    /// Body size of an upload, in bytes.
+    #[arg(long, default_value_t = 65536)]
+    upload_size: usize,
+    /// A request not answered in full by then counts as a timeout.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Print the report as JSON (stdout).
+    #[arg(long)]
+    json: bool,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
+    /// Instead of a benchmark, serve a plain HTTP target with routes for the default paths
+    /// (/small, /list?bytes=N, /watch, /upload) on this address, to put behind an agent.
+    #[arg(long, conflicts_with = "target")]
+    serve: Option<SocketAddr>,
 }
 
 #[derive(Args)]
@@ -417,6 +474,38 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 admin_listen: args.admin_listen,
             };
             agent::run(config, tether::shutdown::signal()).await
+        }
+        Command::Bench(args) => {
+            if let Some(addr) = args.serve {
+                return tether::bench::serve::serve(addr, tether::shutdown::signal()).await;
+            }
+            let config = tether::bench::BenchConfig {
+                target: args.target.expect("clap requires --target").trim_end_matches('/').to_owned(),
+                token: args.token,
+                ca: args.ca,
+                concurrency: args.concurrency,
+                connections: args.connections,
+                http1: args.http1,
+                duration: args.duration,
+                requests: args.requests,
+                mix: args.mix,
+                paths: tether::bench::Paths {
+                    small: args.small_path,
+                    list: args.list_path,
+                    watch: args.watch_path,
+                    upload: args.upload_path,
+                },
+                upload_size: args.upload_size,
+                timeout: args.timeout,
+                progress: !args.quiet,
+            };
+            let report = tether::bench::run(config, tether::shutdown::signal()).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.table());
+            }
+            Ok(())
         }
         Command::Link(args) => {
             if !(0.0..=100.0).contains(&args.loss) {
