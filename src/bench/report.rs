@@ -38,17 +38,11 @@ impl std::fmt::Display for ErrorClass {
 const MAX_MICROS: u64 = 600_000_000;
 
 /// One worker's measurements; merged at the end.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Tally {
     latencies: BTreeMap<Kind, Histogram<u64>>,
     bytes: BTreeMap<Kind, u64>,
     errors: BTreeMap<ErrorClass, u64>,
-}
-
-impl Default for Tally {
-    fn default() -> Self {
-        Tally { latencies: BTreeMap::new(), bytes: BTreeMap::new(), errors: BTreeMap::new() }
-    }
 }
 
 fn histogram() -> Histogram<u64> {
