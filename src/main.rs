@@ -54,7 +54,7 @@ enum Command {
 #[derive(Args)]
 struct BenchArgs {
     /// Base URL of the target: a stub's https://HOST:PORT/clusters/CLUSTER, or an upstream.
-    #[arg(long, required_unless_present = "serve")]
+    #[arg(long, required_unless_present_any = ["serve", "agents"])]
     target: Option<String>,
     /// Bearer token (a stub needs one: `tether token --user bench --cluster C`).
     #[arg(long, env = "TETHER_TOKEN", hide_env_values = true)]
@@ -102,8 +102,28 @@ struct BenchArgs {
     quiet: bool,
     /// Instead of a benchmark, serve a plain HTTP target with routes for the default paths
     /// (/small, /list?bytes=N, /watch, /upload) on this address, to put behind an agent.
-    #[arg(long, conflicts_with = "target")]
+    #[arg(long, conflicts_with_all = ["target", "agents"])]
     serve: Option<SocketAddr>,
+    /// Instead of requests, connect this many simulated agents (each its own certificate and
+    /// QUIC connection) to --stub and hold them for --duration, to measure the stub's memory per
+    /// agent connection. Needs --certs with the CA key; the whitelist is restored afterwards.
+    #[arg(long, conflicts_with = "target", requires_all = ["certs", "stub"])]
+    agents: Option<usize>,
+    /// Certificate directory of the stub (ca.crt, ca.key, whitelist), for --agents.
+    #[arg(long)]
+    certs: Option<PathBuf>,
+    /// The stub's QUIC address HOST:PORT, for --agents.
+    #[arg(long)]
+    stub: Option<String>,
+    /// Cluster of the simulated agents.
+    #[arg(long, default_value = "swarm")]
+    cluster: String,
+    /// Name the stub's certificate carries (default: the host of --stub).
+    #[arg(long)]
+    server_name: Option<String>,
+    /// The stub's process id: its resident memory is read before and after the agents connect.
+    #[arg(long)]
+    stub_pid: Option<u32>,
 }
 
 #[derive(Args)]
@@ -478,6 +498,27 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(args) => {
             if let Some(addr) = args.serve {
                 return tether::bench::serve::serve(addr, tether::shutdown::signal()).await;
+            }
+            if let Some(agents) = args.agents {
+                let stub = args.stub.expect("clap requires --stub");
+                let host = stub.rsplit_once(':').map_or(stub.as_str(), |(h, _)| h).trim_matches(['[', ']']).to_owned();
+                let config = tether::bench::swarm::SwarmConfig {
+                    certs: CertDir::new(args.certs.expect("clap requires --certs")),
+                    server_name: args.server_name.unwrap_or(host),
+                    stub,
+                    cluster: args.cluster,
+                    agents,
+                    hold: args.duration,
+                    stub_pid: args.stub_pid,
+                    progress: !args.quiet,
+                };
+                let report = tether::bench::swarm::run(config).await?;
+                if args.json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print!("{}", report.table());
+                }
+                return Ok(());
             }
             let config = tether::bench::BenchConfig {
                 target: args.target.expect("clap requires --target").trim_end_matches('/').to_owned(),

@@ -88,3 +88,35 @@ async fn bench_refuses_bad_flags_by_name() {
     assert!(!no_ca.status.success());
     assert!(String::from_utf8_lossy(&no_ca.stderr).contains("--ca FILE is needed for an https target"));
 }
+
+#[tokio::test]
+async fn bench_agents_connects_simulated_agents_and_puts_the_whitelist_back() {
+    let pki = Pki::new();
+    pki.agent("dev", "agent-0");
+    let original = std::fs::read_to_string(pki.dir.whitelist()).unwrap();
+    let mut stub = StubProc::start_with(&pki, &["--audit-log", "off"]).await;
+    let pid = stub.proc.pid().to_string();
+    let output = bench(&[
+        "--agents",
+        "50",
+        "--certs",
+        pki.path().to_str().unwrap(),
+        "--stub",
+        &stub.quic,
+        "--server-name",
+        "localhost",
+        "--stub-pid",
+        &pid,
+        "-d",
+        "0s",
+        "--json",
+        "--quiet",
+    ])
+    .await;
+    let swarm = report(&output);
+    assert_eq!(swarm["connected"], 50, "{swarm:#}");
+    assert_eq!(swarm["failed"], serde_json::json!({}));
+    assert!(swarm["stub_kib_per_agent"].as_f64().is_some(), "{swarm:#}");
+    stub.proc.wait_for_count("agent connected", 50).await;
+    assert_eq!(std::fs::read_to_string(pki.dir.whitelist()).unwrap(), original, "the whitelist is as it was");
+}

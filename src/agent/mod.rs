@@ -96,7 +96,7 @@ impl Dialer<'_> {
             .connect_with(identity.client_config.clone(), addr, &self.server_name)
             .map_err(|e| format!("cannot dial {addr}: {e}"))?;
         let conn = connecting.await.map_err(|e| session::explain(&e))?;
-        session::establish(conn, self.config).await
+        session::establish(conn, &self.config.cluster, &self.config.name).await
     }
 }
 

@@ -10,7 +10,6 @@ use quinn::{ConnectionError, TransportErrorCode};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::AgentConfig;
 use super::forward::Forwarder;
 use super::forward::serve_stream;
 use crate::wire::PROTOCOL_VERSION;
@@ -38,12 +37,12 @@ pub enum SessionEnd {
 }
 
 /// Says hello on a new connection and waits for the stub's welcome; the error is in plain words.
-pub async fn establish(conn: quinn::Connection, config: &AgentConfig) -> Result<Session, String> {
+pub async fn establish(conn: quinn::Connection, cluster: &str, name: &str) -> Result<Session, String> {
     let (mut control, mut control_recv) = conn.open_bi().await.map_err(|e| explain(&e))?;
     let hello = Control::Hello(Hello {
         protocol_version: PROTOCOL_VERSION,
-        cluster: config.cluster.clone(),
-        agent_name: config.name.clone(),
+        cluster: cluster.to_owned(),
+        agent_name: name.to_owned(),
         build: crate::BUILD.into(),
     });
     write_frame(&mut control, &hello).await.map_err(|e| explain_wire(&conn, &e))?;

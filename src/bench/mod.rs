@@ -6,10 +6,12 @@
 //! - [`mix`]: which kinds of request, in what proportion.
 //! - [`report`]: histograms, error classes, the summary.
 //! - [`serve`]: a plain HTTP target with routes that fit the default paths.
+//! - [`swarm`]: many simulated agents against one stub (`--agents N`), for memory per connection.
 
 pub mod mix;
 pub mod report;
 pub mod serve;
+pub mod swarm;
 
 use std::path::PathBuf;
 use std::sync::Arc;
