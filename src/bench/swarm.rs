@@ -162,7 +162,7 @@ async fn swarm(config: &SwarmConfig, identities: Vec<(String, quinn::ClientConfi
             async move {
                 let result = connect(endpoint_ref, &client, addr, config, &name).await;
                 let n = connected.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                if config.progress && n % 100 == 0 {
+                if config.progress && n.is_multiple_of(100) {
                     eprintln!("[{:>5.1}s] {n} of {} agents dialled", started.elapsed().as_secs_f64(), config.agents);
                 }
                 result
