@@ -164,8 +164,16 @@ impl Proc {
             if let Some(line) = self.lines.lock().unwrap().iter().find(|l| l.contains(needle)) {
                 return line.clone();
             }
-            if tokio::time::timeout_at(deadline, self.seen.changed()).await.is_err() {
-                panic!("{}: no line containing {needle:?} within {PATIENCE:?}; log:\n{}", self.name, self.log());
+            match tokio::time::timeout_at(deadline, self.seen.changed()).await {
+                Ok(Ok(())) => {}
+                // Both output pipes closed: the process is gone and no line will come.
+                Ok(Err(_)) if self.lines.lock().unwrap().iter().all(|l| !l.contains(needle)) => {
+                    panic!("{} exited without a line containing {needle:?}; log:\n{}", self.name, self.log())
+                }
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    panic!("{}: no line containing {needle:?} within {PATIENCE:?}; log:\n{}", self.name, self.log())
+                }
             }
         }
     }
@@ -174,12 +182,17 @@ impl Proc {
     pub async fn wait_for_count(&mut self, needle: &str, n: usize) {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         while self.count(needle) < n {
-            if tokio::time::timeout_at(deadline, self.seen.changed()).await.is_err() {
-                panic!(
+            match tokio::time::timeout_at(deadline, self.seen.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) if self.count(needle) < n => {
+                    panic!("{} exited with fewer than {n} lines containing {needle:?}; log:\n{}", self.name, self.log())
+                }
+                Ok(Err(_)) => {}
+                Err(_) => panic!(
                     "{}: fewer than {n} lines containing {needle:?} within {PATIENCE:?}; log:\n{}",
                     self.name,
                     self.log()
-                );
+                ),
             }
         }
     }
