@@ -3,12 +3,12 @@
 //! QUIC send stream or out of a QUIC receive stream into an HTTP body, one chunk at a time.
 //! Nothing here buffers a whole body: QUIC flow control pushes back on a slow reader.
 
+use crate::transport::{RecvHalf, SendHalf};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, BodyStream, Empty, Full, StreamBody};
-use quinn::{RecvStream, SendStream};
 
 use crate::wire::codes::AppCode;
 use crate::wire::frame::Header;
@@ -106,7 +106,7 @@ pub fn headers_from_wire(headers: &[Header], upgrade: bool) -> HeaderMap {
 /// After a `101 Switching Protocols`, the stream is a raw byte pipe: `io` (the upgraded HTTP
 /// connection) to `send` and `recv` to `io`. A clean end of one direction is passed on as a
 /// half-close; a failure of either aborts both, so neither side waits on a dead peer.
-pub async fn pipe<IO>(io: IO, mut send: SendStream, mut recv: RecvStream)
+pub async fn pipe<IO>(io: IO, mut send: SendHalf, mut recv: RecvHalf)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -115,7 +115,10 @@ where
     let failed = {
         let outbound = async {
             match tokio::io::copy(&mut from_io, &mut send).await {
-                Ok(_) => send.finish().is_ok(),
+                Ok(_) => {
+                    send.finish();
+                    true
+                }
                 Err(_) => false,
             }
         };
@@ -132,8 +135,8 @@ where
         }
     };
     if failed {
-        let _ = send.reset(AppCode::Cancelled.varint());
-        let _ = recv.stop(AppCode::Cancelled.varint());
+        send.reset(AppCode::Cancelled);
+        recv.stop(AppCode::Cancelled);
     }
 }
 
@@ -153,20 +156,20 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Why a body could not be moved into a QUIC stream.
+/// Why a body could not be moved into a stream.
 #[derive(Debug, thiserror::Error)]
 pub enum PumpError {
     /// The HTTP body failed (its sender went away or broke).
     #[error("body source failed")]
     Source(#[source] BoxError),
-    /// The QUIC stream refused the bytes (the peer stopped it, or the connection is gone).
+    /// The stream refused the bytes (the peer stopped it, or the connection is gone).
     #[error("stream closed by the peer")]
-    Sink(#[source] quinn::WriteError),
+    Sink(#[source] std::io::Error),
 }
 
 /// Moves an HTTP body into `send` chunk by chunk, returning the bytes moved. It does not finish
 /// the stream: the caller decides between finish (success) and reset (failure).
-pub async fn pump_body<B>(body: B, send: &mut SendStream) -> Result<u64, PumpError>
+pub async fn pump_body<B>(body: B, send: &mut SendHalf) -> Result<u64, PumpError>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -190,12 +193,12 @@ where
 /// in-flight counter, a cancellation guard). A stream reset by the peer becomes a body error,
 /// so the HTTP side aborts instead of presenting a truncated body as complete. If the body is
 /// dropped before the end, the stream is stopped with [`AppCode::Cancelled`].
-pub fn recv_body<K: Send + 'static>(recv: RecvStream, keep: K) -> Body {
+pub fn recv_body<K: Send + 'static>(recv: RecvHalf, keep: K) -> Body {
     let state = (StopOnDrop(Some(recv)), keep);
     let stream = futures_util::stream::unfold(state, |(mut recv, keep)| async move {
         let stream = recv.0.as_mut()?;
-        match stream.read_chunk(usize::MAX, true).await {
-            Ok(Some(chunk)) => Some((Ok(hyper::body::Frame::data(chunk.bytes)), (recv, keep))),
+        match stream.read_chunk().await {
+            Ok(Some(chunk)) => Some((Ok(hyper::body::Frame::data(chunk)), (recv, keep))),
             Ok(None) => {
                 // Fully read: nothing to stop.
                 let _finished = recv.0.take();
@@ -211,12 +214,12 @@ pub fn recv_body<K: Send + 'static>(recv: RecvStream, keep: K) -> Body {
 }
 
 /// Stops a receive stream that is dropped before its end, with a code the peer can log.
-struct StopOnDrop(Option<RecvStream>);
+struct StopOnDrop(Option<RecvHalf>);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         if let Some(mut recv) = self.0.take() {
-            let _ = recv.stop(AppCode::Cancelled.varint());
+            recv.stop(AppCode::Cancelled);
         }
     }
 }

@@ -10,6 +10,7 @@
 //! - [`wire`]: the protocol between agent and stub (frames, stream I/O, error codes).
 //! - [`identity`]: CA and certificates, fingerprints, the whitelist, TLS configurations.
 //! - [`quic`]: QUIC endpoints and transport tuning.
+//! - [`transport`]: a link over QUIC or the TCP fallback (TLS + HTTP/2), and its streams.
 //! - [`kubeconfig`]: the kubeconfig a user gets to reach a cluster through the stub.
 //! - [`bridge`]: HTTP messages to and from QUIC streams (headers, streaming bodies).
 //! - [`stub`]: the hub side (agent listener, registry, HTTPS front door, forwarding).
@@ -35,6 +36,7 @@ pub mod register;
 pub mod shutdown;
 pub mod status;
 pub mod stub;
+pub mod transport;
 pub mod wire;
 
 /// This build, for hello/welcome and logs.

@@ -398,6 +398,13 @@ struct AgentArgs {
     /// Serve /healthz and /readyz (ready while connected to the stub) on this address.
     #[arg(long, env = "TETHER_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
+    /// quic, tcp (TLS over TCP to the same port, for networks that block UDP), or auto: QUIC,
+    /// falling back to TCP after repeated failures and returning to QUIC when it works again.
+    #[arg(long, env = "TETHER_TRANSPORT", value_enum, default_value = "auto")]
+    transport: tether::agent::TransportMode,
+    /// With --transport auto, while on TCP: how often to try QUIC again.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    quic_retry: Duration,
     #[command(flatten)]
     quic: QuicArgs,
 }
@@ -492,6 +499,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 backoff_max: args.backoff_max,
                 grace: args.grace,
                 admin_listen: args.admin_listen,
+                transport: args.transport,
+                quic_retry: args.quic_retry,
             };
             agent::run(config, tether::shutdown::signal()).await
         }

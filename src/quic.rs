@@ -88,12 +88,15 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
-/// The stub's endpoint: a server that accepts agents.
-pub fn server_endpoint(addr: SocketAddr, tls: rustls::ServerConfig, tuning: &Tuning) -> std::io::Result<Endpoint> {
+/// The stub's endpoint on a bound UDP socket: a server that accepts agents.
+pub fn server_endpoint(
+    socket: std::net::UdpSocket,
+    tls: rustls::ServerConfig,
+    tuning: &Tuning,
+) -> std::io::Result<Endpoint> {
     let crypto = QuicServerConfig::try_from(tls).map_err(std::io::Error::other)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport(tuning, AGENT_OPENED_STREAMS));
-    let socket = bind_udp(addr)?;
     Endpoint::new(EndpointConfig::default(), Some(config), socket, Arc::new(quinn::TokioRuntime))
 }
 

@@ -1,7 +1,7 @@
 //! The tunnel over a bad link: the stub in a namespace of its own behind `tether link` (5% loss
-//! each way, 20 ms RTT), the agent and upstream here. Everything must arrive whole: 200 small
-//! GETs and a 20 MB transfer sharing the tunnel at the same time. Needs root (CI is); elsewhere it
-//! prints why it skipped.
+//! each way, 20 ms RTT), the agent and upstream here. Everything must arrive whole, over QUIC
+//! and over the TCP fallback: 200 small GETs and a 20 MB transfer sharing the tunnel at the same
+//! time. Needs root (CI is); elsewhere it prints why it skipped.
 
 mod support;
 
@@ -20,6 +20,15 @@ const BULK_PATIENCE: Duration = Duration::from_secs(240);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_5_percent_loss_and_20ms_rtt_small_gets_and_a_20mb_transfer_arrive_whole_over_quic() {
+    lossy_run("quic").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_5_percent_loss_and_20ms_rtt_small_gets_and_a_20mb_transfer_arrive_whole_over_tcp() {
+    lossy_run("tcp").await;
+}
+
+async fn lossy_run(transport: &str) {
     let Some(link) = Link::start(5.0, "10ms", &[]).await else { return };
     let pki = Pki::with_stub_names(&[&link.clean_addr()]);
     pki.agent("dev", "agent-0");
@@ -27,8 +36,8 @@ async fn at_5_percent_loss_and_20ms_rtt_small_gets_and_a_20mb_transfer_arrive_wh
     let stub = StubProc::start_behind(&pki, &link, &["--audit-log", "off"]).await;
     let certs = pki.path().to_str().unwrap();
     let args = ["agent", "--certs", certs, "--cluster", "dev", "--name", "agent-0", "--stub", &stub.quic];
-    let mut agent =
-        Proc::spawn("agent", &[&args[..], &["--server-name", "localhost", "--upstream", &upstream.url()]].concat());
+    let extra = ["--server-name", "localhost", "--upstream", &upstream.url(), "--transport", transport];
+    let mut agent = Proc::spawn("agent", &[&args[..], &extra[..]].concat());
     agent.wait_for("connected to stub").await;
     let client = front_client(&pki, true);
 
@@ -73,7 +82,7 @@ async fn at_5_percent_loss_and_20ms_rtt_small_gets_and_a_20mb_transfer_arrive_wh
     let mut sorted = latencies.clone();
     sorted.sort();
     eprintln!(
-        "QUIC at 5% loss, 20 ms RTT: {SMALL_GETS} small GETs p50 {:?} p99 {:?}; 20 MB in {bulk_took:.1?} ({:.2} MB/s)",
+        "{transport} at 5% loss, 20 ms RTT: {SMALL_GETS} small GETs p50 {:?} p99 {:?}; 20 MB in {bulk_took:.1?} ({:.2} MB/s)",
         sorted[sorted.len() / 2],
         sorted[sorted.len() * 99 / 100],
         BULK as f64 / 1e6 / bulk_took.as_secs_f64()

@@ -9,8 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::transport::{RecvHalf, SendHalf};
 use http::{HeaderValue, Request, StatusCode};
-use quinn::{RecvStream, SendStream};
 use tracing::Instrument;
 
 use super::upstream::Upstream;
@@ -34,13 +34,13 @@ pub struct Forwarder {
 }
 
 /// Serves one stream opened by the stub.
-pub async fn serve_stream(forwarder: Arc<Forwarder>, mut send: SendStream, mut recv: RecvStream) {
+pub async fn serve_stream(forwarder: Arc<Forwarder>, mut send: SendHalf, mut recv: RecvHalf) {
     let head: RequestHead = match read_frame_within(&mut recv, HEAD_TIMEOUT).await {
         Ok(head) => head,
         Err(e) => {
             tracing::debug!(error = %e, "request stream without a valid head");
             let code = if matches!(e, WireError::Timeout(_)) { AppCode::Timeout } else { AppCode::ProtocolViolation };
-            let _ = send.reset(code.varint());
+            send.reset(code);
             return;
         }
     };
@@ -102,7 +102,7 @@ pub fn impersonate(headers: &mut http::HeaderMap, claims: &Claims) -> Result<(),
     Ok(())
 }
 
-async fn forward(upstream: &Upstream, claims: &Claims, head: RequestHead, mut send: SendStream, recv: RecvStream) {
+async fn forward(upstream: &Upstream, claims: &Claims, head: RequestHead, mut send: SendHalf, recv: RecvHalf) {
     // The stub sends an `Upgrade` header only for a request that asks to switch protocols.
     let upgrade = head.headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade"));
     let mut headers = bridge::headers_from_wire(&head.headers, upgrade);
@@ -122,7 +122,7 @@ async fn forward(upstream: &Upstream, claims: &Claims, head: RequestHead, mut se
     // `stopped` completes when the stub stops the stream because its caller went away: that is
     // how a cancellation reaches an upstream request that is waiting for its answer or for its
     // next body chunk (a quiet watch). A cancellation signal, not a wait for acknowledgements.
-    let mut stopped = std::pin::pin!(send.stopped());
+    let mut stopped = send.stopped();
     let response = tokio::select! {
         response = upstream.send(request) => response,
         _ = &mut stopped => return tracing::debug!("stub cancelled the request before the upstream answered"),
@@ -147,7 +147,7 @@ async fn forward(upstream: &Upstream, claims: &Claims, head: RequestHead, mut se
             Ok(upgraded) => bridge::pipe(hyper_util::rt::TokioIo::new(upgraded), send, recv).await,
             Err(e) => {
                 tracing::warn!(error = %e, "upstream upgrade failed");
-                let _ = send.reset(AppCode::UpstreamFailed.varint());
+                send.reset(AppCode::UpstreamFailed);
             }
         }
         return tracing::debug!("upgraded stream closed");
@@ -164,26 +164,26 @@ async fn forward(upstream: &Upstream, claims: &Claims, head: RequestHead, mut se
     };
     match pumped {
         Ok(bytes) => {
-            let _ = send.finish();
+            send.finish();
             tracing::debug!(status = head.status, bytes, "request done");
         }
         // Dropping the upstream body here closes that upstream connection: the abort reaches it.
         Err(PumpError::Sink(e)) => tracing::debug!(error = %e, "stub stopped the response; upstream request aborted"),
         Err(PumpError::Source(e)) => {
             tracing::warn!(error = %e, "upstream failed in the middle of the response");
-            let _ = send.reset(AppCode::UpstreamFailed.varint());
+            send.reset(AppCode::UpstreamFailed);
         }
     }
 }
 
-async fn respond_error(send: &mut SendStream, code: StatusCode, message: &str) {
+async fn respond_error(send: &mut SendHalf, code: StatusCode, message: &str) {
     let head = ResponseHead {
         status: code.as_u16(),
         headers: vec![Header { name: "content-type".into(), value: b"application/json".to_vec() }],
     };
     let body = status::json(code, message);
     if write_frame(send, &head).await.is_ok() && send.write_chunk(body).await.is_ok() {
-        let _ = send.finish();
+        send.finish();
     }
 }
 

@@ -38,6 +38,8 @@ struct Contents {
 #[derive(Clone)]
 pub struct Identity {
     pub client_config: quinn::ClientConfig,
+    /// The same identity for the TCP fallback.
+    pub tls: std::sync::Arc<rustls::ClientConfig>,
     /// SHA-256 of the certificate: the whitelist entry the stub must have.
     pub fingerprint: Fingerprint,
     contents: Contents,
@@ -89,8 +91,8 @@ impl IdentityFiles {
             key: self.key.clone(),
             source: Box::new(source),
         })?;
-        let client_config = quic::client_config(tls, tuning).map_err(IdentityError::Quic)?;
-        Ok(Identity { client_config, fingerprint, contents })
+        let client_config = quic::client_config(tls.clone(), tuning).map_err(IdentityError::Quic)?;
+        Ok(Identity { client_config, tls: std::sync::Arc::new(tls), fingerprint, contents })
     }
 }
 

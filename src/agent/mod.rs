@@ -34,6 +34,8 @@ use tokio_util::task::TaskTracker;
 use crate::admin::Readiness;
 use crate::identity::token::TokenVerifier;
 use crate::quic::{self, Tuning};
+use crate::transport::h2link::H2Link;
+use crate::transport::{Link, Transport};
 use backoff::Backoff;
 use forward::Forwarder;
 use identity::{Identity, IdentityFiles};
@@ -63,6 +65,9 @@ pub struct AgentConfig {
     pub grace: Duration,
     /// Where to serve `/healthz` and `/readyz` (ready while connected and welcomed).
     pub admin_listen: Option<SocketAddr>,
+    pub transport: TransportMode,
+    /// In `auto` mode on TCP, how often QUIC is tried again (a working QUIC takes over).
+    pub quic_retry: Duration,
 }
 
 /// A connection that lasted this long was healthy: the next failure starts backoff afresh.
@@ -76,6 +81,20 @@ fn host_of(stub: &str) -> &str {
     host.trim_start_matches('[').trim_end_matches(']')
 }
 
+/// Which transports the agent may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransportMode {
+    /// QUIC; after repeated failures TLS over TCP, and back to QUIC as soon as it works again.
+    Auto,
+    Quic,
+    Tcp,
+}
+
+/// In `auto` mode, QUIC dials that fail in a row before the next dial is over TCP.
+const QUIC_FAILURES_BEFORE_TCP: u32 = 2;
+/// A TCP dial (connect and handshakes) that takes longer has failed.
+const TCP_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Dials the stub and gets a session welcomed.
 struct Dialer<'a> {
     endpoint: &'a quinn::Endpoint,
@@ -84,19 +103,47 @@ struct Dialer<'a> {
 }
 
 impl Dialer<'_> {
-    async fn connect(&self, identity: &Identity) -> Result<Session, String> {
+    async fn connect(&self, identity: &Identity, transport: Transport) -> Result<Session, String> {
         let stub = &self.config.stub;
         let addr = tokio::net::lookup_host(stub)
             .await
             .map_err(|e| format!("cannot resolve {stub}: {e}"))?
             .next()
             .ok_or_else(|| format!("{stub} resolves to no address"))?;
-        let connecting = self
-            .endpoint
-            .connect_with(identity.client_config.clone(), addr, &self.server_name)
-            .map_err(|e| format!("cannot dial {addr}: {e}"))?;
-        let conn = connecting.await.map_err(|e| session::explain(&e))?;
-        session::establish(conn, &self.config.cluster, &self.config.name).await
+        let link = match transport {
+            Transport::Quic => {
+                let connecting = self
+                    .endpoint
+                    .connect_with(identity.client_config.clone(), addr, &self.server_name)
+                    .map_err(|e| format!("cannot dial {addr}: {e}"))?;
+                Link::Quic(connecting.await.map_err(|e| session::explain(&e))?)
+            }
+            Transport::Tcp => tokio::time::timeout(TCP_DIAL_TIMEOUT, self.dial_tcp(identity, addr))
+                .await
+                .map_err(|_| format!("no answer over TCP from {addr} within {TCP_DIAL_TIMEOUT:?}"))??,
+        };
+        session::establish(link, &self.config.cluster, &self.config.name).await
+    }
+
+    /// TCP, TLS 1.3 with the agent's certificate, then HTTP/2 (the agent as its server).
+    async fn dial_tcp(&self, identity: &Identity, addr: std::net::SocketAddr) -> Result<Link, String> {
+        let tcp =
+            tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("cannot dial {addr} over TCP: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let name = rustls::pki_types::ServerName::try_from(self.server_name.clone())
+            .map_err(|e| format!("--server-name {:?}: {e}", self.server_name))?;
+        let tls = tokio_rustls::TlsConnector::from(identity.tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| session::explain_tcp(&e))?;
+        if tls.get_ref().1.alpn_protocol() != Some(crate::wire::ALPN) {
+            return Err("the stub does not speak tether/1 over TCP".into());
+        }
+        let tuning = &self.config.tuning;
+        let link = H2Link::agent_side(tls, addr, tuning.idle_timeout, tuning.max_request_streams)
+            .await
+            .map_err(|e| session::explain_tcp(&e))?;
+        Ok(Link::Tcp(link))
     }
 }
 
@@ -120,7 +167,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         shutdown.await;
         on_shutdown.cancel();
     });
-    tracing::info!(cluster = %config.cluster, name = %config.name, stub = %config.stub, upstream = upstream.url(), fingerprint = %identity.fingerprint, "agent starting");
+    tracing::info!(cluster = %config.cluster, name = %config.name, stub = %config.stub, upstream = upstream.url(), fingerprint = %identity.fingerprint, transport = ?config.transport, "agent starting");
     let forwarder = Arc::new(Forwarder { upstream, tokens, cluster: config.cluster.clone() });
     let readiness = Readiness::default();
     if let Some(addr) = config.admin_listen {
@@ -134,19 +181,34 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
 
     let server_name = config.server_name.clone().unwrap_or_else(|| host_of(&config.stub).to_owned());
     let dialer = Dialer { endpoint: &endpoint, config: &config, server_name };
-    // Connections a new certificate replaced, draining.
+    // Connections a new certificate (or a working QUIC) replaced, draining.
     let retiring = TaskTracker::new();
     let mut backoff = Backoff::new(config.backoff_min, config.backoff_max);
+    let mut transport = if config.transport == TransportMode::Tcp { Transport::Tcp } else { Transport::Quic };
+    let mut quic_failures = 0;
     'connect: while !cancel.is_cancelled() {
         let session = tokio::select! {
-            connected = dialer.connect(&identity) => connected,
+            connected = dialer.connect(&identity, transport) => connected,
             _ = cancel.cancelled() => break,
         };
         let session = match session {
             Ok(session) => session,
             Err(reason) => {
                 let delay = backoff.next_delay();
-                tracing::warn!(retry_in = ?delay, fingerprint = %identity.fingerprint, "cannot connect to stub: {reason}");
+                tracing::warn!(retry_in = ?delay, fingerprint = %identity.fingerprint, %transport, "cannot connect to stub: {reason}");
+                if config.transport == TransportMode::Auto {
+                    // QUIC a few times, then TCP once, and so on while nothing works.
+                    if transport == Transport::Quic {
+                        quic_failures += 1;
+                        if quic_failures >= QUIC_FAILURES_BEFORE_TCP {
+                            tracing::info!("QUIC failed {quic_failures} times in a row; trying the TCP fallback");
+                            transport = Transport::Tcp;
+                        }
+                    } else {
+                        transport = Transport::Quic;
+                        quic_failures = 0;
+                    }
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     // New certificate files: try them at once.
@@ -156,15 +218,20 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
                 continue;
             }
         };
+        quic_failures = 0;
         let started = Instant::now();
-        tracing::info!(connection = session.connection_id, stub = %config.stub, fingerprint = %identity.fingerprint, "connected to stub");
+        let mut current = session.transport();
+        tracing::info!(connection = session.connection_id, stub = %config.stub, fingerprint = %identity.fingerprint, transport = %current, "connected to stub");
         readiness.set(true);
         let mut stop = CancellationToken::new();
         let mut serving = tokio::spawn(session::serve(session, forwarder.clone(), stop.clone(), config.grace));
         // New certificate files the stub has not accepted yet, and when to try them again.
         let mut pending: Option<Identity> = None;
         let mut retry_at = tokio::time::Instant::now();
+        let mut probe_at = tokio::time::Instant::now() + config.quic_retry;
         let reason = loop {
+            let probing = config.transport == TransportMode::Auto && current == Transport::Tcp && pending.is_none();
+            let mut probe = false;
             tokio::select! {
                 end = &mut serving => break match end {
                     Ok(SessionEnd::Lost { reason }) => reason,
@@ -178,26 +245,44 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
                 }
                 Some(new) = new_identities.recv() => pending = Some(new),
                 _ = tokio::time::sleep_until(retry_at), if pending.is_some() => {}
+                _ = tokio::time::sleep_until(probe_at), if probing => probe = true,
             }
-            let Some(new) = pending.take() else { continue };
+            // Make before break: a new certificate, or QUIC again after the TCP fallback.
+            let (candidate, candidate_transport) = match pending.take() {
+                Some(new) => (new, current),
+                None if probe => (identity.clone(), Transport::Quic),
+                None => continue,
+            };
             let handover = tokio::select! {
-                connected = dialer.connect(&new) => connected,
+                connected = dialer.connect(&candidate, candidate_transport) => connected,
                 _ = cancel.cancelled() => continue,
             };
             match handover {
                 Ok(next) => {
-                    tracing::info!(connection = next.connection_id, from = %identity.fingerprint, to = %new.fingerprint, "certificate rotated: new connection welcomed; draining the old one");
-                    tracing::info!(connection = next.connection_id, stub = %config.stub, fingerprint = %new.fingerprint, "connected to stub");
+                    if probe {
+                        tracing::info!(
+                            connection = next.connection_id,
+                            "QUIC works again: moving off the TCP fallback; draining the TCP connection"
+                        );
+                    } else {
+                        tracing::info!(connection = next.connection_id, from = %identity.fingerprint, to = %candidate.fingerprint, "certificate rotated: new connection welcomed; draining the old one");
+                    }
+                    tracing::info!(connection = next.connection_id, stub = %config.stub, fingerprint = %candidate.fingerprint, transport = %candidate_transport, "connected to stub");
                     stop.cancel();
                     stop = CancellationToken::new();
                     let next_serving =
                         tokio::spawn(session::serve(next, forwarder.clone(), stop.clone(), config.grace));
                     retiring.spawn(std::mem::replace(&mut serving, next_serving));
-                    identity = new;
+                    identity = candidate;
+                    current = candidate_transport;
+                }
+                Err(reason) if probe => {
+                    tracing::debug!(retry_in = ?config.quic_retry, "QUIC still does not work: {reason}");
+                    probe_at = tokio::time::Instant::now() + config.quic_retry;
                 }
                 Err(reason) => {
-                    tracing::warn!(fingerprint = %new.fingerprint, retry_in = ?HANDOVER_RETRY, "the stub does not accept the new certificate: {reason}; the connection with {} stays", identity.fingerprint);
-                    pending = Some(new);
+                    tracing::warn!(fingerprint = %candidate.fingerprint, retry_in = ?HANDOVER_RETRY, "the stub does not accept the new certificate: {reason}; the connection with {} stays", identity.fingerprint);
+                    pending = Some(candidate);
                     retry_at = tokio::time::Instant::now() + HANDOVER_RETRY;
                 }
             }
@@ -209,6 +294,10 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         }
         if started.elapsed() >= HEALTHY_RUN {
             backoff.reset();
+        }
+        if config.transport == TransportMode::Auto {
+            // A lost connection starts over with QUIC.
+            transport = Transport::Quic;
         }
         let delay = backoff.next_delay();
         tracing::warn!(retry_in = ?delay, "disconnected from stub: {reason}");

@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use super::forward::Forwarder;
 use super::forward::serve_stream;
+use crate::transport::{Link, RecvHalf, SendHalf};
 use crate::wire::PROTOCOL_VERSION;
 use crate::wire::codes::AppCode;
 use crate::wire::frame::{Control, Hello};
@@ -21,10 +22,16 @@ const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection the stub has welcomed.
 pub struct Session {
-    conn: quinn::Connection,
-    control: quinn::SendStream,
-    control_recv: quinn::RecvStream,
+    conn: Link,
+    control: SendHalf,
+    control_recv: RecvHalf,
     pub connection_id: u64,
+}
+
+impl Session {
+    pub fn transport(&self) -> crate::transport::Transport {
+        self.conn.transport()
+    }
 }
 
 /// How a served session ended.
@@ -37,8 +44,8 @@ pub enum SessionEnd {
 }
 
 /// Says hello on a new connection and waits for the stub's welcome; the error is in plain words.
-pub async fn establish(conn: quinn::Connection, cluster: &str, name: &str) -> Result<Session, String> {
-    let (mut control, mut control_recv) = conn.open_bi().await.map_err(|e| explain(&e))?;
+pub async fn establish(conn: Link, cluster: &str, name: &str) -> Result<Session, String> {
+    let (mut control, mut control_recv) = conn.agent_control().await?;
     let hello = Control::Hello(Hello {
         protocol_version: PROTOCOL_VERSION,
         cluster: cluster.to_owned(),
@@ -51,7 +58,7 @@ pub async fn establish(conn: quinn::Connection, cluster: &str, name: &str) -> Re
     match read_frame_within(&mut control_recv, WELCOME_TIMEOUT).await {
         Ok(Control::Welcome(w)) => Ok(Session { conn, control, control_recv, connection_id: w.connection_id }),
         Ok(other) => {
-            conn.close(AppCode::ProtocolViolation.varint(), b"expected welcome");
+            conn.close(AppCode::ProtocolViolation, "expected welcome");
             Err(format!("stub sent {other:?} instead of a welcome"))
         }
         Err(e) => Err(explain_wire(&conn, &e)),
@@ -68,14 +75,14 @@ pub async fn serve(
     let streams = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
-            accepted = session.conn.accept_bi() => accepted,
+            accepted = session.conn.accept_stream() => accepted,
             _ = stop.cancelled() => break,
         };
         match accepted {
             Ok((send, recv)) => {
                 streams.spawn(serve_stream(forwarder.clone(), send, recv));
             }
-            Err(e) => return SessionEnd::Lost { reason: explain(&e) },
+            Err(reason) => return SessionEnd::Lost { reason },
         }
     }
     drain(&mut session, &forwarder, &streams, grace).await;
@@ -108,7 +115,7 @@ async fn drain(session: &mut Session, forwarder: &Arc<Forwarder>, streams: &Task
                 streams.close();
                 tracing::info!(connection = *connection_id, in_flight = streams.len(), "drained: no new requests; finishing in-flight ones");
             }
-            accepted = conn.accept_bi() => match accepted {
+            accepted = conn.accept_stream() => match accepted {
                 Ok((send, recv)) => {
                     streams.spawn(serve_stream(forwarder.clone(), send, recv));
                 }
@@ -123,18 +130,66 @@ async fn drain(session: &mut Session, forwarder: &Arc<Forwarder>, streams: &Task
     }
     // Finishing the control stream tells the stub we sent our last response; it closes the
     // connection once it has received them all. Closing here at once could lose their tails.
-    let _ = control.finish();
+    control.finish();
     if tokio::time::timeout_at(deadline, conn.closed()).await.is_err() {
         tracing::warn!("the stub did not close the drained connection within the grace period");
     }
-    conn.close(AppCode::Draining.varint(), b"agent shutting down");
+    conn.close(AppCode::Draining, "agent shutting down");
 }
 
-fn explain_wire(conn: &quinn::Connection, e: &WireError) -> String {
-    match conn.close_reason() {
-        Some(reason) => explain(&reason),
-        None => format!("control stream failed: {e}"),
+fn explain_wire(conn: &Link, e: &WireError) -> String {
+    match conn {
+        Link::Quic(c) => match c.close_reason() {
+            Some(reason) => explain(&reason),
+            None => format!("control stream failed: {e}"),
+        },
+        Link::Tcp(l) => match l.close_reason() {
+            Some(reason) => reason,
+            None => explain_tcp_wire(e),
+        },
     }
+}
+
+/// Plain words for a TCP link whose control stream failed: a TLS alert from the stub's verifier
+/// arrives here (in TLS 1.3 our handshake completes before the stub has judged us).
+fn explain_tcp_wire(e: &WireError) -> String {
+    let WireError::Io(io) = e else { return format!("control stream failed: {e}") };
+    explain_tcp(io)
+}
+
+/// Plain words for a failed TCP dial or handshake.
+pub fn explain_tcp(e: &std::io::Error) -> String {
+    match rustls_error_in(e) {
+        Some(rustls::Error::AlertReceived(alert)) => {
+            return format!("refused by stub: {}", explain_alert(u8::from(*alert)));
+        }
+        Some(rustls::Error::InvalidCertificate(problem)) => {
+            return format!(
+                "cannot trust the stub: {problem:?} (check --server-name and that the stub's certificate is signed by this CA)"
+            );
+        }
+        _ => {}
+    }
+    format!("connection failed: {}", crate::bridge::error_chain(e))
+}
+
+/// The rustls error somewhere inside `e`. `io::Error::source` skips the error it wraps, and h2
+/// keeps its I/O error to itself, so each layer is opened by hand.
+fn rustls_error_in(e: &std::io::Error) -> Option<&rustls::Error> {
+    let mut node: &(dyn std::error::Error + 'static) = e.get_ref()?;
+    for _ in 0..8 {
+        if let Some(found) = node.downcast_ref::<rustls::Error>() {
+            return Some(found);
+        }
+        node = if let Some(io) = node.downcast_ref::<std::io::Error>() {
+            io.get_ref()?
+        } else if let Some(h2) = node.downcast_ref::<h2::Error>() {
+            h2.get_io()?.get_ref()?
+        } else {
+            node.source()?
+        };
+    }
+    None
 }
 
 /// Plain words for a lost or refused connection. The stub refuses certificates with TLS alerts

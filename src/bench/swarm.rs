@@ -95,7 +95,7 @@ async fn connect(
         }
         let connecting = endpoint.connect_with(client.clone(), addr, &config.server_name).map_err(|e| e.to_string())?;
         match connecting.await {
-            Ok(conn) => match session::establish(conn, &config.cluster, name).await {
+            Ok(conn) => match session::establish(crate::transport::Link::Quic(conn), &config.cluster, name).await {
                 Ok(session) => return Ok(session),
                 Err(reason) => last = reason,
             },

@@ -1,11 +1,13 @@
-//! The QUIC side of the stub: accept agent connections (the TLS handshake has already checked
-//! chain and whitelist), read the hello on the control stream, check the claimed cluster against
-//! the whitelist entry, welcome the agent into the registry, and take it out when it goes.
+//! The agent side of the stub: accept agent connections over QUIC, or over the TCP fallback
+//! (TLS on the same port, then HTTP/2), whose TLS handshake has already checked chain and
+//! whitelist; read the hello on the control stream, check the claimed cluster against the
+//! whitelist entry, welcome the agent into the registry, and take it out when it goes.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::{Connection, Endpoint, Incoming};
+use quinn::{Endpoint, Incoming};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -13,15 +15,19 @@ use tracing::Instrument;
 use super::StubState;
 use super::registry::AgentLink;
 use crate::identity::fingerprint::Fingerprint;
+use crate::transport::h2link::H2Link;
+use crate::transport::{Link, RecvHalf, SendHalf};
 use crate::wire::codes::AppCode;
 use crate::wire::frame::{Control, Welcome};
 use crate::wire::io::{WireError, read_frame, read_frame_within, write_frame};
-use crate::wire::{PROTOCOL_VERSION, frame::Hello};
+use crate::wire::{ALPN, PROTOCOL_VERSION, frame::Hello};
 
 /// How long an agent may take to open its control stream and say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a TCP agent may take for its TLS handshake.
+const TLS_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Accepts agents until `cancel` fires.
+/// Accepts QUIC agents until `cancel` fires.
 pub async fn accept_loop(endpoint: Endpoint, state: Arc<StubState>, cancel: CancellationToken, tracker: TaskTracker) {
     loop {
         let incoming = tokio::select! {
@@ -29,41 +35,89 @@ pub async fn accept_loop(endpoint: Endpoint, state: Arc<StubState>, cancel: Canc
             _ = cancel.cancelled() => break,
         };
         let Some(incoming) = incoming else { break };
-        tracker.spawn(serve_agent(incoming, state.clone()));
+        tracker.spawn(serve_quic_agent(incoming, state.clone()));
     }
 }
 
-/// The certificate fingerprint of a connected peer.
-fn peer_fingerprint(conn: &Connection) -> Option<Fingerprint> {
+/// Accepts TCP-fallback agents until `cancel` fires.
+pub async fn accept_tcp_loop(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    state: Arc<StubState>,
+    idle: Duration,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "agent TCP accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = cancel.cancelled() => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, state) = (acceptor.clone(), state.clone());
+        tracker.spawn(async move {
+            let tls = match tokio::time::timeout(TLS_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                // The verifier has logged why, with the fingerprint.
+                Ok(Err(e)) => return tracing::debug!(%remote, error = %e, "agent TCP handshake failed"),
+                Err(_) => return tracing::debug!(%remote, "agent TCP handshake timed out"),
+            };
+            let (_, session) = tls.get_ref();
+            if session.alpn_protocol() != Some(ALPN) {
+                return tracing::debug!(%remote, "TCP peer does not speak tether/1");
+            }
+            let fingerprint = session.peer_certificates().and_then(|c| c.first()).map(|leaf| Fingerprint::of_der(leaf));
+            let link = match H2Link::stub_side(tls, remote, idle).await {
+                Ok(link) => Link::Tcp(link),
+                Err(e) => return tracing::debug!(%remote, error = %e, "agent HTTP/2 handshake failed"),
+            };
+            serve_link(link, fingerprint, state).await;
+        });
+    }
+}
+
+/// The certificate fingerprint of a connected QUIC peer.
+fn peer_fingerprint(conn: &quinn::Connection) -> Option<Fingerprint> {
     let certs = conn.peer_identity()?.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
     certs.first().map(|leaf| Fingerprint::of_der(leaf))
 }
 
-fn close(conn: &Connection, code: AppCode, reason: &str) {
-    conn.close(code.varint(), reason.as_bytes());
-}
-
-async fn serve_agent(incoming: Incoming, state: Arc<StubState>) {
+async fn serve_quic_agent(incoming: Incoming, state: Arc<StubState>) {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(conn) => conn,
         // The verifier has logged why, with the fingerprint.
         Err(e) => return tracing::debug!(%remote, error = %e, "agent handshake failed"),
     };
-    let Some(fingerprint) = peer_fingerprint(&conn) else {
-        return close(&conn, AppCode::ProtocolViolation, "no client certificate");
+    let fingerprint = peer_fingerprint(&conn);
+    serve_link(Link::Quic(conn), fingerprint, state).await;
+}
+
+async fn serve_link(conn: Link, fingerprint: Option<Fingerprint>, state: Arc<StubState>) {
+    let remote = conn.remote_address();
+    let Some(fingerprint) = fingerprint else {
+        return conn.close(AppCode::ProtocolViolation, "no client certificate");
     };
     // The whitelist may have changed since the handshake; the entry in force now decides.
     let Some(entry) = state.whitelist.get().lookup(&fingerprint).cloned() else {
-        return close(&conn, AppCode::Revoked, "certificate is no longer in the whitelist");
+        return conn.close(AppCode::Revoked, "certificate is no longer in the whitelist");
     };
-    let span = tracing::info_span!("agent", cluster = %entry.cluster, name = %entry.name, %remote);
+    let transport = conn.transport();
+    let span = tracing::info_span!("agent", cluster = %entry.cluster, name = %entry.name, %remote, %transport);
     async move {
         let hello = match read_hello(&conn).await {
             Ok(x) => x,
             Err((code, reason)) => {
                 tracing::warn!(%fingerprint, reason, "closing agent connection: {}", code.describe());
-                return close(&conn, code, &reason);
+                return conn.close(code, &reason);
             }
         };
         let (mut control_send, mut control_recv, hello) = hello;
@@ -73,7 +127,7 @@ async fn serve_agent(incoming: Incoming, state: Arc<StubState>) {
                 entry.cluster, hello.cluster
             );
             tracing::warn!("refused agent: {reason}");
-            return close(&conn, AppCode::IdentityMismatch, &reason);
+            return conn.close(AppCode::IdentityMismatch, &reason);
         }
         if hello.agent_name != entry.name {
             tracing::info!(claimed = %hello.agent_name, "agent name differs from its whitelist entry; using the entry's");
@@ -89,17 +143,17 @@ async fn serve_agent(incoming: Incoming, state: Arc<StubState>) {
         tracing::info!(connection = link.id, build = %hello.build, "agent connected");
         watch_control(&conn, &link, &mut control_send, &mut control_recv).await;
         state.registry.remove(&link);
-        let reason = conn.close_reason().map(|r| r.to_string()).unwrap_or_default();
+        let reason = conn.close_reason().unwrap_or_default();
         tracing::info!(connection = link.id, %reason, "agent disconnected");
     }
     .instrument(span)
     .await
 }
 
-type ControlStream = (quinn::SendStream, quinn::RecvStream, Hello);
+type ControlStream = (SendHalf, RecvHalf, Hello);
 
-async fn read_hello(conn: &Connection) -> Result<ControlStream, (AppCode, String)> {
-    let (send, mut recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
+async fn read_hello(conn: &Link) -> Result<ControlStream, (AppCode, String)> {
+    let (send, mut recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.stub_control())
         .await
         .map_err(|_| (AppCode::Timeout, "no control stream".to_owned()))?
         .map_err(|e| (AppCode::Normal, format!("connection lost before hello: {e}")))?;
@@ -119,12 +173,7 @@ async fn read_hello(conn: &Connection) -> Result<ControlStream, (AppCode, String
 }
 
 /// Follows the control stream until the connection ends.
-async fn watch_control(
-    conn: &Connection,
-    link: &AgentLink,
-    control_send: &mut quinn::SendStream,
-    control: &mut quinn::RecvStream,
-) {
+async fn watch_control(conn: &Link, link: &AgentLink, control_send: &mut SendHalf, control: &mut RecvHalf) {
     loop {
         let frame = tokio::select! {
             frame = read_frame::<Control, _>(control) => frame,
@@ -140,7 +189,7 @@ async fn watch_control(
                 }
             }
             Ok(other) => {
-                return close(conn, AppCode::ProtocolViolation, &format!("unexpected control frame {other:?}"));
+                return conn.close(AppCode::ProtocolViolation, &format!("unexpected control frame {other:?}"));
             }
             Err(WireError::Closed) => {
                 // The agent finished its control stream: it has sent its last response. Close
@@ -148,12 +197,12 @@ async fn watch_control(
                 // would throw away response bytes still in flight.
                 link.set_draining();
                 tokio::select! {
-                    _ = link.idle() => conn.close(AppCode::Normal.varint(), b"drained"),
+                    _ = link.idle() => conn.close(AppCode::Normal, "drained"),
                     _ = conn.closed() => {}
                 }
                 return;
             }
-            Err(WireError::Frame(e)) => return close(conn, AppCode::ProtocolViolation, &e.to_string()),
+            Err(WireError::Frame(e)) => return conn.close(AppCode::ProtocolViolation, &e.to_string()),
             Err(_) => {
                 conn.closed().await;
                 return;

@@ -10,10 +10,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::transport::{Link, RecvHalf, SendHalf};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
-use quinn::SendStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -207,7 +207,7 @@ async fn send_to_agent(
         let stream_err = |source| ForwardError::Stream { cluster: cluster.clone(), source };
 
         if replayable {
-            match send_head_and_wait(&link.connection, &head, true).await {
+            match send_head_and_wait(&link.link, &head, true).await {
                 Ok((_send, recv, response_head)) => {
                     tracing::debug!(status = response_head.status, "response head");
                     return Ok(response_from(
@@ -224,8 +224,7 @@ async fn send_to_agent(
             }
         }
 
-        let (mut send, mut recv) =
-            link.connection.open_bi().await.map_err(|e| stream_err(WireError::Io(std::io::Error::other(e))))?;
+        let (mut send, mut recv) = link.link.open_stream().await.map_err(|e| stream_err(WireError::Io(e)))?;
         write_frame(&mut send, &head).await.map_err(stream_err)?;
 
         if upgrade {
@@ -277,14 +276,14 @@ fn pick(state: &StubState, cluster: &str, excluding: Option<u64>) -> Result<InFl
 /// Opens a stream, sends `head` (finishing the request side when `finish`), and waits for the
 /// response head. Every failure here happened before any response byte.
 async fn send_head_and_wait(
-    connection: &quinn::Connection,
+    link: &Link,
     head: &RequestHead,
     finish: bool,
-) -> Result<(SendStream, quinn::RecvStream, ResponseHead), WireError> {
-    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| WireError::Io(std::io::Error::other(e)))?;
+) -> Result<(SendHalf, RecvHalf, ResponseHead), WireError> {
+    let (mut send, mut recv) = link.open_stream().await.map_err(WireError::Io)?;
     write_frame(&mut send, head).await?;
     if finish {
-        let _ = send.finish();
+        send.finish();
     }
     let response_head = read_frame(&mut recv).await?;
     Ok((send, recv, response_head))
@@ -294,15 +293,15 @@ async fn send_head_and_wait(
 /// caller's upgraded connection.
 async fn upgrade_response(
     mut req: Request<Incoming>,
-    mut send: SendStream,
-    mut recv: quinn::RecvStream,
+    mut send: SendHalf,
+    mut recv: RecvHalf,
     counted: (InFlight, Admitted),
     stalled_reader_timeout: Option<Duration>,
 ) -> Result<Response<Body>, WireError> {
     let on_upgrade = hyper::upgrade::on(&mut req);
     let head: ResponseHead = read_frame(&mut recv).await?;
     if head.status != StatusCode::SWITCHING_PROTOCOLS.as_u16() {
-        let _ = send.finish();
+        send.finish();
         return Ok(response_from(head, stalled::response_body(recv, counted, stalled_reader_timeout)));
     }
     tokio::spawn(
@@ -329,22 +328,20 @@ fn response_from(head: ResponseHead, body: Body) -> Response<Body> {
     response
 }
 
-async fn pump_request(body: Incoming, mut send: SendStream, cancel: CancellationToken) {
+async fn pump_request(body: Incoming, mut send: SendHalf, cancel: CancellationToken) {
     let result = tokio::select! {
         result = bridge::pump_body(body, &mut send) => Some(result),
         _ = cancel.cancelled() => None,
     };
     match result {
-        Some(Ok(_)) => {
-            let _ = send.finish();
-        }
+        Some(Ok(_)) => send.finish(),
         Some(Err(PumpError::Sink(e))) => tracing::debug!(error = %e, "agent stopped reading the request body"),
         Some(Err(PumpError::Source(e))) => {
             tracing::debug!(error = %e, "caller's request body failed");
-            let _ = send.reset(AppCode::Cancelled.varint());
+            send.reset(AppCode::Cancelled);
         }
         None => {
-            let _ = send.reset(AppCode::Cancelled.varint());
+            send.reset(AppCode::Cancelled);
         }
     }
 }

@@ -73,12 +73,36 @@ pub struct StubState {
 /// A stub whose sockets are bound (so its addresses are known) but not yet serving.
 pub struct Stub {
     endpoint: quinn::Endpoint,
+    /// The TCP fallback for agents, on the QUIC listener's address and port.
+    agent_tcp: TcpListener,
+    agent_tls: Arc<rustls::ServerConfig>,
+    idle_timeout: Duration,
     listener: TcpListener,
     front_tls: Arc<rustls::ServerConfig>,
     state: Arc<StubState>,
     grace: Duration,
     whitelist_path: PathBuf,
     watch_whitelist: bool,
+}
+
+/// Binds the agents' port for both transports, UDP (QUIC) and TCP (the fallback), so that one
+/// firewall rule serves agents whether or not their network lets UDP through. With port 0 the
+/// kernel picks a UDP port, and another is tried if that port is taken over TCP.
+async fn bind_agent_port(addr: SocketAddr) -> anyhow::Result<(std::net::UdpSocket, TcpListener)> {
+    let mut attempts = 0;
+    loop {
+        let udp = quic::bind_udp(addr).with_context(|| format!("binding the QUIC listener on {addr} (UDP)"))?;
+        let bound = udp.local_addr().context("reading the QUIC listener's address")?;
+        match TcpListener::bind(bound).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && addr.port() == 0 && attempts < 50 => attempts += 1,
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("binding the agents' TCP fallback listener on {bound} (the QUIC port, over TCP)")
+                });
+            }
+        }
+    }
 }
 
 impl Stub {
@@ -92,8 +116,10 @@ impl Stub {
         tracing::info!(agents = whitelist.get().entries().len(), path = %dir.whitelist().display(), "whitelist loaded");
 
         let quic_tls = tls::stub_quic(&ca, chain.clone(), key.clone_key(), whitelist.clone())?;
-        let endpoint = quic::server_endpoint(config.quic_listen, quic_tls, &config.tuning)
-            .with_context(|| format!("binding the QUIC listener on {}", config.quic_listen))?;
+        let agent_tls = Arc::new(tls::stub_quic(&ca, chain.clone(), key.clone_key(), whitelist.clone())?);
+        let (udp, agent_tcp) = bind_agent_port(config.quic_listen).await?;
+        let endpoint = quic::server_endpoint(udp, quic_tls, &config.tuning)
+            .with_context(|| format!("starting the QUIC listener on {}", config.quic_listen))?;
         let front_tls = Arc::new(tls::front_door(&ca, chain, key)?);
         let tokens = TokenVerifier::load(&config.issuer_pub)?;
         let audit =
@@ -111,6 +137,9 @@ impl Stub {
         });
         Ok(Stub {
             endpoint,
+            agent_tcp,
+            agent_tls,
+            idle_timeout: config.tuning.idle_timeout,
             listener,
             front_tls,
             state,
@@ -139,6 +168,14 @@ impl Stub {
             cancel.clone(),
             tracker.clone(),
         ));
+        let agents_tcp = tokio::spawn(agents::accept_tcp_loop(
+            self.agent_tcp,
+            self.agent_tls,
+            self.state.clone(),
+            self.idle_timeout,
+            cancel.clone(),
+            tracker.clone(),
+        ));
         let front = tokio::spawn(front_door::serve(
             self.listener,
             self.front_tls,
@@ -152,7 +189,11 @@ impl Stub {
         cancel.cancel();
         let _ = front.await;
         self.endpoint.close(AppCode::GoingAway.varint(), b"stub shutting down");
+        for link in self.state.registry.all() {
+            link.link.close(AppCode::GoingAway, "stub shutting down");
+        }
         let _ = agents.await;
+        let _ = agents_tcp.await;
         tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::identity::fingerprint::Fingerprint;
+use crate::transport::Link;
 
 /// One welcomed agent connection.
 #[derive(Debug)]
@@ -17,7 +18,7 @@ pub struct AgentLink {
     pub name: String,
     pub fingerprint: Fingerprint,
     pub remote: SocketAddr,
-    pub connection: quinn::Connection,
+    pub link: Link,
     in_flight: AtomicUsize,
     draining: AtomicBool,
     /// Notified when `in_flight` drops to zero.
@@ -25,20 +26,14 @@ pub struct AgentLink {
 }
 
 impl AgentLink {
-    pub fn new(
-        id: u64,
-        cluster: String,
-        name: String,
-        fingerprint: Fingerprint,
-        connection: quinn::Connection,
-    ) -> AgentLink {
+    pub fn new(id: u64, cluster: String, name: String, fingerprint: Fingerprint, link: Link) -> AgentLink {
         AgentLink {
             id,
             cluster,
             name,
             fingerprint,
-            remote: connection.remote_address(),
-            connection,
+            remote: link.remote_address(),
+            link,
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             idle: tokio::sync::Notify::new(),
@@ -125,7 +120,7 @@ impl Registry {
         let routable: Vec<&Arc<AgentLink>> = links
             .iter()
             .filter(|l| Some(l.id) != excluding)
-            .filter(|l| !l.draining.load(Ordering::Relaxed) && l.connection.close_reason().is_none())
+            .filter(|l| !l.draining.load(Ordering::Relaxed) && !l.link.is_closed())
             .collect();
         let Some(least) = routable.iter().min_by_key(|l| l.in_flight()) else { return Pick::NoLink };
         if limit != 0 && least.in_flight() >= limit {

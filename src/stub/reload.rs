@@ -74,7 +74,7 @@ pub fn reload(state: &StubState, path: &Path, reason: &str) {
                 cluster = %link.cluster, name = %link.name, fingerprint = %link.fingerprint, connection = link.id,
                 "closing connection: certificate removed from the whitelist"
             );
-            link.connection.close(AppCode::Revoked.varint(), b"certificate removed from the whitelist");
+            link.link.close(AppCode::Revoked, "certificate removed from the whitelist");
         }
     }
     state.whitelist.replace(list);

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use crate::transport::RecvHalf;
 use http_body_util::{BodyExt, StreamBody};
-use quinn::RecvStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::bridge::{Body, BoxError};
@@ -22,7 +22,7 @@ use crate::wire::codes::AppCode;
 
 /// The stream and what lives as long as the response, shared with the watchdog.
 struct Watched<K> {
-    slot: tokio::sync::Mutex<Option<(RecvStream, K)>>,
+    slot: tokio::sync::Mutex<Option<(RecvHalf, K)>>,
     /// When a chunk was handed to hyper and not yet followed by the next poll: milliseconds
     /// since [`epoch`] plus one; 0 while hyper is waiting on us.
     handed_at: AtomicU64,
@@ -41,7 +41,7 @@ fn now_ms() -> u64 {
 
 /// The bytes left on `recv` as the response body (like [`crate::bridge::recv_body`]), dropped
 /// if its caller leaves a chunk unread for `timeout`. `keep` is released with the stream.
-pub fn response_body<K: Send + 'static>(recv: RecvStream, keep: K, timeout: Option<Duration>) -> Body {
+pub fn response_body<K: Send + 'static>(recv: RecvHalf, keep: K, timeout: Option<Duration>) -> Body {
     let Some(timeout) = timeout else { return crate::bridge::recv_body(recv, keep) };
     let done = CancellationToken::new();
     let watched = Arc::new(Watched {
@@ -61,8 +61,8 @@ pub fn response_body<K: Send + 'static>(recv: RecvStream, keep: K, timeout: Opti
             drop(slot);
             return Some((Err(BoxError::from("response dropped: the caller stopped reading it")), (guard, true)));
         };
-        let item = match stream.read_chunk(usize::MAX, true).await {
-            Ok(Some(chunk)) => Ok(hyper::body::Frame::data(chunk.bytes)),
+        let item = match stream.read_chunk().await {
+            Ok(Some(chunk)) => Ok(hyper::body::Frame::data(chunk)),
             Ok(None) => {
                 // Fully read: nothing to stop.
                 *slot = None;
@@ -90,7 +90,7 @@ impl<K> Drop for Guard<K> {
         if let Ok(mut slot) = self.0.slot.try_lock()
             && let Some((mut recv, _)) = slot.take()
         {
-            let _ = recv.stop(AppCode::Cancelled.varint());
+            recv.stop(AppCode::Cancelled);
         }
     }
 }
@@ -111,7 +111,7 @@ async fn watchdog<K>(watched: Weak<Watched<K>>, done: CancellationToken, timeout
         let Ok(mut slot) = watched.slot.try_lock() else { continue };
         match slot.take() {
             Some((mut recv, keep)) => {
-                let _ = recv.stop(AppCode::Cancelled.varint());
+                recv.stop(AppCode::Cancelled);
                 drop(keep);
                 tracing::warn!(stalled_for = ?timeout, "the caller stopped reading its response; dropped it to free the agent connection");
             }

@@ -3,6 +3,9 @@
 
 use quinn::VarInt;
 
+/// Where tether's codes start among HTTP/2 error codes ("te7e" plus the code).
+const H2_BASE: u32 = 0x7e7e_0000;
+
 /// Why a connection was closed or a stream reset. The numbers are part of the wire protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
@@ -54,6 +57,17 @@ impl AppCode {
     /// The code a peer sent, if it is one of ours.
     pub fn from_varint(code: VarInt) -> Option<AppCode> {
         Self::ALL.into_iter().find(|c| c.varint() == code)
+    }
+
+    /// The code as an HTTP/2 error code (TCP fallback), in a range of its own so that it is
+    /// never mistaken for one of HTTP/2's standard codes.
+    pub fn h2_reason(self) -> h2::Reason {
+        h2::Reason::from(H2_BASE + self as u32)
+    }
+
+    /// The code an HTTP/2 peer sent, if it is one of ours.
+    pub fn from_h2_reason(reason: h2::Reason) -> Option<AppCode> {
+        Self::ALL.into_iter().find(|c| c.h2_reason() == reason)
     }
 
     /// Plain words for logs and for the agent's report of a refusal.

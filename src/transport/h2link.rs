@@ -1,0 +1,410 @@
+//! The TCP fallback: TLS 1.3 (the same certificates, whitelist verifier and ALPN as QUIC) on a
+//! TCP connection the agent dials, carrying HTTP/2 streams, one per request, as QUIC carries its
+//! streams. HTTP/2 because it already has what the tunnel relies on in QUIC: flow control per
+//! stream and per connection (a slow reader holds back only its own stream's window), stream
+//! resets for cancellation, PING for keep-alive, and a mature implementation (`h2`, under hyper)
+//! already in the build. yamux would have needed a new dependency with weaker flow control.
+//!
+//! Only an HTTP/2 client opens streams, and the stub is the one that opens request streams, so
+//! here the stub is the HTTP/2 client and the agent the server, although the agent dialled. The
+//! control stream is therefore the stub's first stream; the agent answers it at once and from
+//! then on both sides use it exactly like QUIC's control stream. Every stream is a `POST` whose
+//! body (both ways) carries the same frames and raw bytes as a QUIC stream.
+
+use std::future::Future as _;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::wire::codes::AppCode;
+
+/// Windows like QUIC's (see `quic.rs`): 2 MiB per stream, 16 MiB per connection.
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Largest HTTP/2 frame we accept (the default 16 KiB costs more frames per MB).
+const MAX_FRAME: u32 = 64 * 1024;
+
+type Accepted = (http::Request<h2::RecvStream>, h2::server::SendResponse<Bytes>);
+
+enum Role {
+    /// The stub opens streams.
+    Stub(h2::client::SendRequest<Bytes>),
+    /// The agent accepts them, from the task that drives the connection.
+    Agent(tokio::sync::Mutex<mpsc::Receiver<Accepted>>),
+}
+
+struct Inner {
+    role: Role,
+    remote: SocketAddr,
+    /// Cancelled when the connection has ended (for any reason).
+    ended: CancellationToken,
+    /// Cancelled to end the connection from this side.
+    close: CancellationToken,
+    /// The code to close with, set before `close` is cancelled.
+    close_code: Mutex<Option<AppCode>>,
+    reason: Mutex<Option<String>>,
+}
+
+/// One TCP link: cheap to clone.
+#[derive(Clone)]
+pub struct H2Link(Arc<Inner>);
+
+impl std::fmt::Debug for H2Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Link").field("remote", &self.0.remote).finish_non_exhaustive()
+    }
+}
+
+fn h2_error(e: h2::Error) -> io::Error {
+    match e.get_io() {
+        Some(inner) => io::Error::new(inner.kind(), e),
+        None => io::Error::other(e),
+    }
+}
+
+/// Plain words for why an HTTP/2 connection ended.
+fn describe_end(e: &h2::Error) -> String {
+    if let Some(reason) = e.reason().and_then(AppCode::from_h2_reason) {
+        return format!("peer closed the connection: {}", reason.describe());
+    }
+    format!("connection lost: {e}")
+}
+
+impl H2Link {
+    fn new(role: Role, remote: SocketAddr) -> H2Link {
+        H2Link(Arc::new(Inner {
+            role,
+            remote,
+            ended: CancellationToken::new(),
+            close: CancellationToken::new(),
+            close_code: Mutex::new(None),
+            reason: Mutex::new(None),
+        }))
+    }
+
+    fn end(&self, reason: String) {
+        let mut slot = self.0.reason.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(reason);
+        }
+        drop(slot);
+        self.0.ended.cancel();
+    }
+
+    /// The stub's side, on a TLS stream an agent dialled: HTTP/2 client.
+    pub async fn stub_side<T>(io: T, remote: SocketAddr, idle: Duration) -> io::Result<H2Link>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (send_request, mut connection) = h2::client::Builder::new()
+            .enable_push(false)
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
+            .handshake::<_, Bytes>(io)
+            .await
+            .map_err(h2_error)?;
+        let ping = connection.ping_pong();
+        let link = H2Link::new(Role::Stub(send_request), remote);
+        let driver = link.clone();
+        tokio::spawn(async move {
+            let reason = tokio::select! {
+                result = &mut connection => match result {
+                    Ok(()) => "agent closed the connection".to_owned(),
+                    Err(e) => describe_end(&e),
+                },
+                _ = driver.0.close.cancelled() => "closed by the stub".to_owned(),
+            };
+            driver.end(reason);
+        });
+        if let Some(ping) = ping {
+            tokio::spawn(keep_alive(link.clone(), ping, idle));
+        }
+        Ok(link)
+    }
+
+    /// The agent's side, on the TLS stream it dialled: HTTP/2 server.
+    pub async fn agent_side<T>(io: T, remote: SocketAddr, idle: Duration, max_streams: u32) -> io::Result<H2Link>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut connection = h2::server::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
+            .max_concurrent_streams(max_streams)
+            .handshake::<_, Bytes>(io)
+            .await
+            .map_err(h2_error)?;
+        let ping = connection.ping_pong();
+        let (tx, rx) = mpsc::channel(64);
+        let link = H2Link::new(Role::Agent(tokio::sync::Mutex::new(rx)), remote);
+        let driver = link.clone();
+        tokio::spawn(async move {
+            let reason = loop {
+                tokio::select! {
+                    accepted = connection.accept() => match accepted {
+                        Some(Ok(stream)) => {
+                            if tx.send(stream).await.is_err() {
+                                break "closed by the agent".to_owned();
+                            }
+                        }
+                        Some(Err(e)) => break describe_end(&e),
+                        None => break "stub closed the connection".to_owned(),
+                    },
+                    _ = driver.0.close.cancelled() => {
+                        let code = driver.0.close_code.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or(AppCode::Normal);
+                        connection.abrupt_shutdown(code.h2_reason());
+                        // Keep driving briefly so that the GOAWAY goes out.
+                        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                            while connection.accept().await.is_some() {}
+                        })
+                        .await;
+                        break "closed by the agent".to_owned();
+                    }
+                }
+            };
+            driver.end(reason);
+        });
+        if let Some(ping) = ping {
+            tokio::spawn(keep_alive(link.clone(), ping, idle));
+        }
+        Ok(link)
+    }
+
+    pub fn remote_address(&self) -> SocketAddr {
+        self.0.remote
+    }
+
+    /// Opens a request stream (stub side).
+    pub async fn open_stream(&self) -> io::Result<(H2Send, H2Recv)> {
+        let Role::Stub(send_request) = &self.0.role else {
+            return Err(io::Error::other("only the stub opens streams on a TCP link"));
+        };
+        if let Some(reason) = self.close_reason() {
+            return Err(io::Error::new(io::ErrorKind::NotConnected, reason));
+        }
+        let mut ready = send_request.clone().ready().await.map_err(h2_error)?;
+        let request =
+            http::Request::post("https://tether/stream").body(()).map_err(|e| io::Error::other(e.to_string()))?;
+        let (response, send) = ready.send_request(request, false).map_err(h2_error)?;
+        Ok((H2Send::new(send), H2Recv { state: RecvState::Pending(response), leftover: Bytes::new() }))
+    }
+
+    /// Accepts the next stream the stub opened (agent side); `Err` with the reason once the
+    /// connection has ended.
+    pub async fn accept_stream(&self) -> Result<(H2Send, H2Recv), String> {
+        let Role::Agent(rx) = &self.0.role else {
+            return Err("only the agent accepts streams on a TCP link".into());
+        };
+        let next = tokio::select! {
+            next = async { rx.lock().await.recv().await } => next,
+            _ = self.0.ended.cancelled() => None,
+        };
+        let Some((request, mut respond)) = next else {
+            return Err(self.close_reason().unwrap_or_else(|| "connection ended".into()));
+        };
+        let send = respond.send_response(http::Response::new(()), false).map_err(|e| e.to_string())?;
+        Ok((H2Send::new(send), H2Recv { state: RecvState::Body(request.into_body()), leftover: Bytes::new() }))
+    }
+
+    /// Ends the connection (an agent's GOAWAY carries `code`; the stub's side just closes).
+    pub fn close(&self, code: AppCode, reason: &str) {
+        *self.0.close_code.lock().unwrap_or_else(|e| e.into_inner()) = Some(code);
+        self.end(format!("closed locally: {} ({reason})", code.describe()));
+        self.0.close.cancel();
+    }
+
+    pub fn close_reason(&self) -> Option<String> {
+        self.0.reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub async fn closed(&self) {
+        self.0.ended.cancelled().await;
+    }
+}
+
+/// Pings every third of `idle`; a peer that does not answer within `idle` is dead.
+async fn keep_alive(link: H2Link, mut ping: h2::PingPong, idle: Duration) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(idle / 3) => {}
+            _ = link.closed() => return,
+        }
+        match tokio::time::timeout(idle, ping.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                link.end(format!("peer did not answer keep-alives for {idle:?} (timed out)"));
+                link.0.close.cancel();
+                return;
+            }
+        }
+    }
+}
+
+/// The sending half of a TCP stream. Data goes out only as the peer's window allows, so a
+/// slow reader makes the writer wait instead of buffering. Shared (behind a lock taken only
+/// inside a poll) so that a cancellation watcher can wait for the peer's reset while the
+/// same task writes, as QUIC's `stopped()` allows.
+pub struct H2Send {
+    inner: Arc<Mutex<h2::SendStream<Bytes>>>,
+}
+
+impl H2Send {
+    fn new(inner: h2::SendStream<Bytes>) -> H2Send {
+        H2Send { inner: Arc::new(Mutex::new(inner)) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, h2::SendStream<Bytes>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends all of `data` (waiting for window as needed).
+    pub async fn write_chunk(&mut self, mut data: Bytes) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_send(cx, &mut data)).await
+    }
+
+    fn poll_capacity(&self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        let mut inner = self.lock();
+        loop {
+            let capacity = inner.capacity();
+            if capacity > 0 {
+                return Poll::Ready(Ok(capacity));
+            }
+            inner.reserve_capacity(want);
+            match ready!(inner.poll_capacity(cx)) {
+                None => return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "stream closed"))),
+                Some(Err(e)) => return Poll::Ready(Err(h2_error(e))),
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    fn poll_send(&self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<()>> {
+        while !data.is_empty() {
+            let capacity = ready!(self.poll_capacity(cx, data.len()))?;
+            let chunk = data.split_to(capacity.min(data.len()));
+            self.lock().send_data(chunk, false).map_err(h2_error)?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Ends the stream cleanly (END_STREAM).
+    pub fn finish(&mut self) {
+        let _ = self.lock().send_data(Bytes::new(), true);
+    }
+
+    pub fn reset(&mut self, code: AppCode) {
+        self.lock().send_reset(code.h2_reason());
+    }
+
+    /// Completes when the peer resets the stream (its caller went away).
+    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let inner = self.inner.clone();
+        async move {
+            let _ = std::future::poll_fn(|cx| inner.lock().unwrap_or_else(|e| e.into_inner()).poll_reset(cx)).await;
+        }
+    }
+}
+
+impl AsyncWrite for H2Send {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let capacity = ready!(self.poll_capacity(cx, buf.len()))?;
+        let n = capacity.min(buf.len());
+        self.lock().send_data(Bytes::copy_from_slice(&buf[..n]), false).map_err(h2_error)?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.finish();
+        Poll::Ready(Ok(()))
+    }
+}
+
+enum RecvState {
+    /// The stub's side: the agent's answer to the stream, whose body is the data.
+    Pending(h2::client::ResponseFuture),
+    Body(h2::RecvStream),
+    Done,
+}
+
+/// The receiving half of a TCP stream. Window is given back as data is taken.
+pub struct H2Recv {
+    state: RecvState,
+    leftover: Bytes,
+}
+
+impl H2Recv {
+    /// The next chunk; `None` at the end of the stream.
+    pub async fn read_chunk(&mut self) -> io::Result<Option<Bytes>> {
+        if !self.leftover.is_empty() {
+            return Ok(Some(std::mem::take(&mut self.leftover)));
+        }
+        std::future::poll_fn(|cx| self.poll_chunk(cx)).await
+    }
+
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        loop {
+            match &mut self.state {
+                RecvState::Pending(response) => {
+                    let response = ready!(Pin::new(response).poll(cx)).map_err(h2_error)?;
+                    self.state = RecvState::Body(response.into_body());
+                }
+                RecvState::Body(body) => match ready!(body.poll_data(cx)) {
+                    Some(Ok(data)) => {
+                        let _ = body.flow_control().release_capacity(data.len());
+                        if !data.is_empty() {
+                            return Poll::Ready(Ok(Some(data)));
+                        }
+                    }
+                    Some(Err(e)) => {
+                        self.state = RecvState::Done;
+                        return Poll::Ready(Err(h2_error(e)));
+                    }
+                    None => {
+                        self.state = RecvState::Done;
+                        return Poll::Ready(Ok(None));
+                    }
+                },
+                RecvState::Done => return Poll::Ready(Ok(None)),
+            }
+        }
+    }
+
+    /// Takes nothing more; the stream is reset once its sending half is gone too.
+    pub fn stop(&mut self) {
+        self.state = RecvState::Done;
+        self.leftover = Bytes::new();
+    }
+}
+
+impl AsyncRead for H2Recv {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.leftover.is_empty() {
+            match ready!(self.poll_chunk(cx))? {
+                Some(data) => self.leftover = data,
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+        let n = self.leftover.len().min(buf.remaining());
+        buf.put_slice(&self.leftover[..n]);
+        self.leftover.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
