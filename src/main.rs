@@ -100,6 +100,10 @@ struct BenchArgs {
     /// No progress line.
     #[arg(long)]
     quiet: bool,
+    /// Hold every watch open until the end of the run (what open streams cost), instead of
+    /// dropping it at its first event (how fast watches start).
+    #[arg(long)]
+    hold_watches: bool,
     /// Instead of a benchmark, serve a plain HTTP target with routes for the default paths
     /// (/small, /list?bytes=N, /watch, /upload) on this address, to put behind an agent.
     #[arg(long, conflicts_with_all = ["target", "agents"])]
@@ -548,6 +552,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 upload_size: args.upload_size,
                 timeout: args.timeout,
                 progress: !args.quiet,
+                hold_watches: args.hold_watches,
             };
             let report = tether::bench::run(config, tether::shutdown::signal()).await?;
             if args.json {

@@ -66,6 +66,9 @@ pub struct BenchConfig {
     pub timeout: Duration,
     /// Print the live progress line (stderr).
     pub progress: bool,
+    /// Hold each watch open until the end of the run (to measure what open streams cost)
+    /// instead of dropping it at its first event.
+    pub hold_watches: bool,
 }
 
 type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
@@ -89,7 +92,16 @@ fn client(config: &BenchConfig) -> anyhow::Result<HttpClient> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
-    let connector = if config.http1 { builder.enable_http1().build() } else { builder.enable_http2().build() };
+    // TCP_NODELAY, as kubectl and client-go have it: with Nagle, a small request over a link with
+    // real latency waits a round trip for the previous segment's ACK.
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let connector = if config.http1 {
+        builder.enable_http1().wrap_connector(http)
+    } else {
+        builder.enable_http2().wrap_connector(http)
+    };
     let mut client = Client::builder(TokioExecutor::new());
     client.http2_only(!config.http1).pool_max_idle_per_host(if config.http1 { config.concurrency } else { 1 });
     // Windows sized like the stub's own, rather than h2's 64 KiB start.
@@ -98,7 +110,13 @@ fn client(config: &BenchConfig) -> anyhow::Result<HttpClient> {
 }
 
 /// One request of `kind`: `Ok(bytes moved)` or why it failed.
-async fn one(client: &HttpClient, config: &BenchConfig, kind: Kind, upload: &Bytes) -> Result<u64, ErrorClass> {
+async fn one(
+    client: &HttpClient,
+    config: &BenchConfig,
+    kind: Kind,
+    upload: &Bytes,
+    deadline: Instant,
+) -> Result<u64, ErrorClass> {
     let (method, path, body) = match kind {
         Kind::Small => ("GET", &config.paths.small, bridge::empty()),
         Kind::List => ("GET", &config.paths.list, bridge::empty()),
@@ -124,8 +142,11 @@ async fn one(client: &HttpClient, config: &BenchConfig, kind: Kind, upload: &Byt
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| ErrorClass::Body)?;
         received += frame.data_ref().map_or(0, |d| d.len() as u64);
-        // A watch is measured to its first event; then it is dropped.
+        // A watch is measured to its first event; then it is dropped (or held to the end).
         if kind == Kind::Watch && received > 0 {
+            if config.hold_watches {
+                tokio::time::sleep_until(deadline.into()).await;
+            }
             return Ok(received);
         }
     }
@@ -184,7 +205,8 @@ pub async fn run(
                     }
                     let kind = config.mix.pick(rng.random_range(0..config.mix.total()));
                     let begun = Instant::now();
-                    let outcome = tokio::time::timeout(config.timeout, one(&client, &config, kind, &upload)).await;
+                    let timeout = if config.hold_watches { config.timeout + config.duration } else { config.timeout };
+                    let outcome = tokio::time::timeout(timeout, one(&client, &config, kind, &upload, deadline)).await;
                     match outcome.unwrap_or(Err(ErrorClass::Timeout)) {
                         Ok(bytes) => {
                             tally.ok(kind, begun.elapsed(), bytes);

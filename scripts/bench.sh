@@ -1,0 +1,270 @@
+#!/usr/bin/env bash
+# bench.sh: tether's performance, measured side by side in one run, with release binaries.
+#
+#   scripts/bench.sh [--quick] [--out DIR]
+#
+# What it measures (each a ratio of two things measured here, now, on this machine):
+#   1. tunnel vs direct: small-GET latency and bulk throughput of `tether bench --serve` reached
+#      straight across an emulated 20 ms RTT link, and through stub + agent across the same link;
+#   2. QUIC vs the TCP fallback at 0, 1 and 5% loss with 20 ms RTT: small-GET p50/p99 while bulk
+#      downloads (5 MB each, one at a time) share the tunnel, and their goodput;
+#   3. the stub's memory per agent connection (1,000 simulated agents) and per open stream (1,000
+#      held watches), and the agent's per open stream;
+#   4. time until a request succeeds again after a stub restart.
+# Parts 1 and 2 need root (`tether link`: network namespaces and TUN devices); without it they are
+# skipped with the reason. Output: DIR/results.md (Markdown tables), DIR/results.json and
+# DIR/chart.png (if matplotlib can be installed into ~/.cache/tether/bench-venv). DIR defaults to
+# target/bench. Every process it starts is stopped (by PID) when it ends; the link takes its
+# namespace down with it.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+prog=${0##*/}
+out=$root/target/bench
+quick=false
+while [ $# -gt 0 ]; do
+  case $1 in
+    --quick) quick=true ;;
+    --out) out=$2; shift ;;
+    -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "usage: $prog [--quick] [--out DIR]" >&2; exit 2 ;;
+  esac
+  shift
+done
+secs=$($quick && echo 4 || echo 10)
+
+log() { printf '%s: %s\n' "$prog" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+log "building release binaries (cargo build --release)"
+cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin tether
+tether=$root/target/release/tether
+mkdir -p "$out"
+work=$(mktemp -d "${TMPDIR:-/tmp}/tether-bench.XXXXXX")
+pids=()
+link_pid=
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ -n "$link_pid" ]; then kill "$link_pid" 2>/dev/null || true; wait "$link_pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+TETHER=$tether bash "$root/scripts/bootstrap-certs.sh" "$work/certs" dev >/dev/null
+certs=$work/certs
+
+# Starts "$@" in the background with its log in $work/$name.log; sets $started to its PID.
+start() {
+  local name=$1; shift
+  TETHER_LOG=${TETHER_LOG:-info} "$@" >"$work/$name.log" 2>&1 &
+  started=$!
+  pids+=("$started")
+}
+# Waits (bounded) until $work/$name.log has a line matching $pattern; prints that line.
+wait_log() {
+  local name=$1 pattern=$2 i
+  for i in $(seq 1 300); do
+    if grep -m1 -E "$pattern" "$work/$name.log" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  die "$name: no line matching '$pattern' in 30 s; log: $(tail -5 "$work/$name.log")"
+}
+stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+field() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" | head -1; }
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+jq_py() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"; }
+
+token=$("$tether" token --certs "$certs" --user bench --cluster dev --ttl 2h)
+start target "$tether" bench --serve 0.0.0.0:0
+target_pid=$started
+target_port=$(wait_log target "bench target listening" | field addr | sed 's/.*://')
+
+results=$work/results.json
+echo '{}' >"$results"
+# record KEY JSON-VALUE
+record() { python3 - "$results" "$1" "$2" <<'PY'
+import json, sys
+path, key, value = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+data = json.load(open(path)); data[key] = value; json.dump(data, open(path, "w"), indent=1)
+PY
+}
+
+# ---- 3. memory (loopback) ------------------------------------------------------------------
+log "memory: 1,000 simulated agents against one stub"
+start stub "$tether" stub --certs "$certs" --quic-listen 127.0.0.1:0 --https-listen 127.0.0.1:0 --audit-log off \
+  --max-requests-per-user 0
+stub_pid=$started
+line=$(wait_log stub "stub listening")
+quic_port=$(echo "$line" | field quic | sed 's/.*://')
+https_port=$(echo "$line" | field https | sed 's/.*://')
+"$tether" bench --agents 1000 --certs "$certs" --stub "127.0.0.1:$quic_port" --server-name localhost \
+  --stub-pid "$stub_pid" -d 1s --json --quiet >"$work/swarm.json"
+record swarm "$(cat "$work/swarm.json")"
+
+stop "$stub_pid"
+
+log "memory: 1,000 held watches through one agent connection"
+start stub "$tether" stub --certs "$certs" --quic-listen 127.0.0.1:0 --https-listen 127.0.0.1:0 --audit-log off \
+  --max-requests-per-user 0
+stub_pid=$started
+line=$(wait_log stub "stub listening")
+quic_port=$(echo "$line" | field quic | sed 's/.*://')
+https_port=$(echo "$line" | field https | sed 's/.*://')
+start agent "$tether" agent --certs "$certs" --cluster dev --name agent-0 --stub "localhost:$quic_port" \
+  --upstream "http://127.0.0.1:$target_port"
+agent_pid=$started
+wait_log agent "connected to stub" >/dev/null
+stub_idle=$(rss_kib "$stub_pid"); agent_idle=$(rss_kib "$agent_pid")
+"$tether" bench --target "https://127.0.0.1:$https_port/clusters/dev" --token "$token" --ca "$certs/ca.crt" \
+  --mix watch --hold-watches -c 1000 --connections 2 -d 6s --json --quiet >"$work/watches.json" &
+bench_pid=$!
+sleep 4 # the watches are open by now (they open within a second); measured while they are held
+stub_busy=$(rss_kib "$stub_pid"); agent_busy=$(rss_kib "$agent_pid")
+wait "$bench_pid"
+held=$(jq_py "$work/watches.json" 'd["kinds"].get("watch", {}).get("count", 0)')
+[ "$held" -gt 0 ] || die "no watch was held open: $(cat "$work/watches.json")"
+record streams "{\"held\": $held, \"stub_kib_per_stream\": $(( (stub_busy - stub_idle) / held )), \"agent_kib_per_stream\": $(( (agent_busy - agent_idle) / held ))}"
+
+# ---- 4. reconnect after a stub restart (loopback) -------------------------------------------
+log "reconnect: time until a request succeeds after the stub restarts"
+stop "$stub_pid"
+start stub2 "$tether" stub --certs "$certs" --quic-listen "127.0.0.1:$quic_port" --https-listen "127.0.0.1:$https_port" \
+  --audit-log off
+stub_pid=$started
+t0=$(date +%s%N)
+wait_log stub2 "stub listening" >/dev/null
+ok=false
+for _ in $(seq 1 200); do
+  if curl -s -o /dev/null -w '%{http_code}' --noproxy '*' --cacert "$certs/ca.crt" -H "Authorization: Bearer $token" \
+    "https://127.0.0.1:$https_port/clusters/dev/small" | grep -q 200; then ok=true; break; fi
+  sleep 0.02
+done
+$ok || die "no request succeeded within 4 s of the stub restart"
+record reconnect "{\"ms\": $(( ($(date +%s%N) - t0) / 1000000 ))}"
+stop "$stub_pid"; stop "$agent_pid"
+
+# ---- 1 and 2: across an emulated link (root) -----------------------------------------------
+if [ "$(id -u)" != 0 ] || [ ! -e /dev/net/tun ]; then
+  log "SKIPPED tunnel-vs-direct and QUIC-vs-TCP: they need root and /dev/net/tun (tether link)"
+else
+  index=$(( ($$ % 200) + 20 ))
+  ns=tether-bench-$index
+  link_up() { # loss%
+    : >"$work/link.log"
+    TETHER_LOG=info "$tether" link --name "$ns" --index "$index" --loss "$1" --delay 10ms --seed 7 --lifetime 30m \
+      >"$work/link.log" 2>&1 &
+    link_pid=$!
+    wait_log link "link up" >/dev/null
+    : >"$work/stubns.log"
+    TETHER_LOG=info ip netns exec "$ns" "$tether" stub --certs "$certs" --quic-listen 0.0.0.0:0 \
+      --https-listen 0.0.0.0:0 --audit-log off --max-requests-per-user 0 >"$work/stubns.log" 2>&1 &
+    stub_pid=$!; pids+=("$stub_pid")
+    line=$(wait_log stubns "stub listening")
+    quic_port=$(echo "$line" | field quic | sed 's/.*://')
+    https_port=$(echo "$line" | field https | sed 's/.*://')
+  }
+  link_down() { stop "$stub_pid"; stop "$link_pid"; link_pid=; }
+  agent_up() { # transport
+    : >"$work/agentns.log"
+    TETHER_LOG=info "$tether" agent --certs "$certs" --cluster dev --name agent-0 --stub "10.201.$index.1:$quic_port" \
+      --server-name localhost --upstream "http://127.0.0.1:$target_port" --transport "$1" >"$work/agentns.log" 2>&1 &
+    agent_pid=$!; pids+=("$agent_pid")
+    wait_log agentns "connected to stub" >/dev/null
+  }
+  # bench inside the stub's namespace: through the stub, or straight across the link.
+  nsbench() { ip netns exec "$ns" "$tether" bench --quiet --json "$@"; }
+  through=(--target "https://127.0.0.1:PORT/clusters/dev" --token "$token" --ca "$certs/ca.crt")
+  direct=(--target "http://10.201.$index.2:$target_port")
+
+  log "tunnel vs direct across a 20 ms RTT link without loss"
+  link_up 0
+  agent_up quic
+  t=("${through[@]/PORT/$https_port}")
+  nsbench "${direct[@]}" --mix small -c 4 -d "${secs}s" >"$work/direct-small.json"
+  nsbench "${t[@]}" --mix small -c 4 -d "${secs}s" >"$work/tunnel-small.json"
+  nsbench "${direct[@]}" --mix list --list-path "/list?bytes=20000000" -c 4 -d "${secs}s" >"$work/direct-bulk.json"
+  nsbench "${t[@]}" --mix list --list-path "/list?bytes=20000000" -c 4 -d "${secs}s" >"$work/tunnel-bulk.json"
+  record direct_small "$(cat "$work/direct-small.json")"; record tunnel_small "$(cat "$work/tunnel-small.json")"
+  record direct_bulk "$(cat "$work/direct-bulk.json")"; record tunnel_bulk "$(cat "$work/tunnel-bulk.json")"
+  stop "$agent_pid"; link_down
+
+  for loss in 0 1 5; do
+    link_up "$loss"
+    for transport in quic tcp; do
+      log "$transport at $loss% loss, 20 ms RTT: small GETs beside a bulk transfer"
+      agent_up "$transport"
+      t=("${through[@]/PORT/$https_port}")
+      nsbench "${t[@]}" --mix list --list-path "/list?bytes=5000000" -c 1 -d "${secs}s" --timeout 60s \
+        >"$work/bulk-$transport-$loss.json" &
+      bulk_pid=$!
+      sleep 1
+      nsbench "${t[@]}" --mix small -c 4 -d "$((secs - 2))s" >"$work/small-$transport-$loss.json"
+      wait "$bulk_pid" || true
+      record "small_${transport}_$loss" "$(cat "$work/small-$transport-$loss.json")"
+      # Goodput counts whole 5 MB downloads only, so it slightly understates the last seconds.
+      record "bulk_${transport}_$loss" "$(cat "$work/bulk-$transport-$loss.json")"
+      stop "$agent_pid"
+    done
+    link_down
+  done
+fi
+
+# ---- report --------------------------------------------------------------------------------
+cp "$results" "$out/results.json"
+python3 - "$out/results.json" "$out/results.md" "$secs" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1])); out = open(sys.argv[2], "w"); secs = sys.argv[3]
+def k(r, kind, key): return r.get("kinds", {}).get(kind, {}).get(key, float("nan"))
+w = lambda s="": out.write(s + "\n")
+w("| measure | value | target |"); w("|---|---|---|")
+if "direct_small" in d:
+    ds, ts = k(d["direct_small"], "small", "p50_ms"), k(d["tunnel_small"], "small", "p50_ms")
+    w(f"| small GET p50, tunnel / direct (20 ms RTT, no loss) | {ts:.2f} / {ds:.2f} ms = **{ts/ds:.2f}x** | at most 1.3x |")
+    db, tb = d["direct_bulk"]["mb_per_s"], d["tunnel_bulk"]["mb_per_s"]
+    w(f"| bulk throughput, tunnel / direct | {tb:.1f} / {db:.1f} MB/s = **{tb/db:.2f}x** | at least 0.6x |")
+    q, t = k(d["small_quic_5"], "small", "p99_ms"), k(d["small_tcp_5"], "small", "p99_ms")
+    w(f"| small GET p99 beside bulk at 5% loss, QUIC / TCP | {q:.1f} / {t:.1f} ms = **{q/t:.2f}** | at most 0.3 |")
+s = d.get("swarm", {})
+if s.get("stub_kib_per_agent") is not None:
+    w(f"| stub memory per agent connection ({s['connected']} simulated agents) | **{s['stub_kib_per_agent']:.0f} KiB** | under 200 KiB |")
+st = d.get("streams", {})
+if st:
+    w(f"| memory per open stream ({st['held']} held watches) | stub {st['stub_kib_per_stream']} KiB, agent {st['agent_kib_per_stream']} KiB | |")
+if "reconnect" in d:
+    w(f"| first successful request after a stub restart | {d['reconnect']['ms']} ms | about a second |")
+if "small_quic_0" in d:
+    w(); w(f"QUIC vs TCP fallback, 20 ms RTT, {secs} s per cell: small GETs (4 at a time) while one bulk download shares the tunnel.")
+    w(); w("| loss | transport | small p50 ms | small p99 ms | small req/s | bulk MB/s |"); w("|---|---|---|---|---|---|")
+    for loss in ("0", "1", "5"):
+        for tr in ("quic", "tcp"):
+            sm, bu = d[f"small_{tr}_{loss}"], d[f"bulk_{tr}_{loss}"]
+            w(f"| {loss}% | {tr} | {k(sm,'small','p50_ms'):.1f} | {k(sm,'small','p99_ms'):.1f} | {sm['requests_per_s']:.0f} | {bu['mb_per_s']:.2f} |")
+PY
+log "results: $out/results.md"
+cat "$out/results.md"
+
+# A chart, if matplotlib is available (installed once into a cached virtualenv).
+venv=${XDG_CACHE_HOME:-$HOME/.cache}/tether/bench-venv
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import matplotlib' 2>/dev/null; then
+  log "installing matplotlib into $venv (once)"
+  python3 -m venv "$venv" && "$venv/bin/pip" install --quiet matplotlib || log "no matplotlib: no chart"
+fi
+if "$venv/bin/python" -c 'import matplotlib' 2>/dev/null && python3 -c "import json,sys; sys.exit(0 if 'small_quic_0' in json.load(open('$out/results.json')) else 1)"; then
+  "$venv/bin/python" - "$out/results.json" "$out/chart.png" <<'PY'
+import json, sys
+import matplotlib; matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+d = json.load(open(sys.argv[1])); losses = ["0", "1", "5"]
+fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+for i, tr in enumerate(("quic", "tcp")):
+    xs = [j + i * 0.38 for j in range(3)]
+    a.bar(xs, [d[f"small_{tr}_{l}"]["kinds"]["small"]["p99_ms"] for l in losses], 0.38, label=tr)
+    b.bar(xs, [d[f"bulk_{tr}_{l}"]["mb_per_s"] for l in losses], 0.38, label=tr)
+for ax, title in ((a, "small GET p99 beside a bulk transfer (ms)"), (b, "bulk goodput (MB/s)")):
+    ax.set_xticks([j + 0.19 for j in range(3)], [f"{l}% loss" for l in losses]); ax.set_title(title); ax.legend()
+fig.suptitle("tether: QUIC vs the TCP fallback, 20 ms RTT"); fig.tight_layout(); fig.savefig(sys.argv[2], dpi=100)
+PY
+  log "chart: $out/chart.png"
+fi
