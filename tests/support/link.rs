@@ -37,9 +37,17 @@ impl Link {
         }
         // Distinct per process and per link, so tests running side by side never collide.
         static NEXT: AtomicU8 = AtomicU8::new(0);
-        let index =
-            ((std::process::id() as u8).wrapping_mul(7).wrapping_add(NEXT.fetch_add(1, Ordering::SeqCst))) % 250 + 2;
-        let netns = format!("tether-test-{index}");
+        // A namespace left behind by a killed run keeps its name taken: skip to a free one.
+        let listed = std::process::Command::new("ip").args(["netns", "list"]).output();
+        let taken = listed.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        let (index, netns) = loop {
+            let n = NEXT.fetch_add(1, Ordering::SeqCst);
+            let index = ((std::process::id() as u8).wrapping_mul(7).wrapping_add(n)) % 250 + 2;
+            let netns = format!("tether-test-{index}");
+            if !taken.lines().any(|l| l.split_whitespace().next() == Some(netns.as_str())) {
+                break (index, netns);
+            }
+        };
         let (loss, index_text) = (loss.to_string(), index.to_string());
         let mut args = vec!["link", "--name", &netns, "--index", &index_text, "--loss", &loss, "--delay", delay];
         args.extend_from_slice(&["--lifetime", "10m"]);
