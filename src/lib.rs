@@ -16,7 +16,8 @@
 //! - [`stub`]: the hub side (agent listener, registry, HTTPS front door, forwarding).
 //! - [`agent`]: the cluster side (dial loop, session, forwarding to the API server).
 //! - [`status`]: errors as Kubernetes `Status` JSON.
-//! - [`admin`]: `/healthz` and `/readyz` for probes.
+//! - [`admin`]: `/healthz`, `/readyz` and `/metrics` on the admin listener.
+//! - [`metrics`]: the Prometheus text format.
 //! - [`register`]: the manifest that installs an agent in a cluster.
 //! - [`shutdown`]: SIGINT and SIGTERM as one future.
 //! - [`fd_limit`]: the open-file limit raised for thousands of connections.
@@ -31,6 +32,7 @@ pub mod fd_limit;
 pub mod identity;
 pub mod kubeconfig;
 pub mod link;
+pub mod metrics;
 pub mod quic;
 pub mod register;
 pub mod shutdown;

@@ -329,6 +329,9 @@ struct StubArgs {
     /// the agent connection's flow-control window. 0s: never.
     #[arg(long, env = "TETHER_STALLED_READER_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     stalled_reader_timeout: Duration,
+    /// Serve /healthz, /readyz and /metrics (Prometheus) on this address.
+    #[arg(long, env = "TETHER_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
     /// Reload the whitelist only on SIGHUP, not also when the file changes.
     #[arg(long, env = "TETHER_NO_WATCH_WHITELIST")]
     no_watch_whitelist: bool,
@@ -457,6 +460,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 audit: args.audit_log,
                 watch_whitelist: !args.no_watch_whitelist,
                 stalled_reader_timeout: Some(args.stalled_reader_timeout).filter(|t| !t.is_zero()),
+                admin_listen: args.admin_listen,
                 limits: Limits {
                     per_user: args.max_requests_per_user,
                     per_cluster: args.max_requests_per_cluster,

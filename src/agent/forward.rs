@@ -31,10 +31,12 @@ pub struct Forwarder {
     pub tokens: TokenVerifier,
     /// This agent's cluster: a token must name it.
     pub cluster: String,
+    pub metrics: Arc<super::metrics::AgentMetrics>,
 }
 
 /// Serves one stream opened by the stub.
 pub async fn serve_stream(forwarder: Arc<Forwarder>, mut send: SendHalf, mut recv: RecvHalf) {
+    let _in_flight = super::metrics::InFlight::new(forwarder.metrics.clone());
     let head: RequestHead = match read_frame_within(&mut recv, HEAD_TIMEOUT).await {
         Ok(head) => head,
         Err(e) => {
@@ -52,11 +54,11 @@ pub async fn serve_stream(forwarder: Arc<Forwarder>, mut send: SendHalf, mut rec
             Ok(claims) => claims,
             Err((code, message)) => {
                 tracing::warn!(status = code.as_u16(), "refused: {message}");
-                return respond_error(&mut send, code, &message).await;
+                return respond_error(&forwarder.metrics, &mut send, code, &message).await;
             }
         };
         tracing::Span::current().record("user", claims.sub.as_str());
-        forward(&forwarder.upstream, &claims, head, send, recv).await
+        forward(&forwarder, &claims, head, send, recv).await
     }
     .instrument(span)
     .await
@@ -102,20 +104,34 @@ pub fn impersonate(headers: &mut http::HeaderMap, claims: &Claims) -> Result<(),
     Ok(())
 }
 
-async fn forward(upstream: &Upstream, claims: &Claims, head: RequestHead, mut send: SendHalf, recv: RecvHalf) {
+async fn forward(forwarder: &Forwarder, claims: &Claims, head: RequestHead, mut send: SendHalf, recv: RecvHalf) {
+    let upstream = &forwarder.upstream;
     // The stub sends an `Upgrade` header only for a request that asks to switch protocols.
     let upgrade = head.headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade"));
     let mut headers = bridge::headers_from_wire(&head.headers, upgrade);
     if impersonate(&mut headers, claims).is_err() {
-        return respond_error(&mut send, StatusCode::BAD_REQUEST, "user or group name is not a valid header value")
-            .await;
+        return respond_error(
+            &forwarder.metrics,
+            &mut send,
+            StatusCode::BAD_REQUEST,
+            "user or group name is not a valid header value",
+        )
+        .await;
     }
     // An upgrade request has no body: the stream is kept for the pipe after 101.
     let (body, kept_recv) = if upgrade { (bridge::empty(), Some(recv)) } else { (bridge::recv_body(recv, ()), None) };
     let mut request = match Request::builder().method(head.method.as_str()).uri(head.path_and_query.as_str()).body(body)
     {
         Ok(r) => r,
-        Err(e) => return respond_error(&mut send, StatusCode::BAD_REQUEST, &format!("invalid request: {e}")).await,
+        Err(e) => {
+            return respond_error(
+                &forwarder.metrics,
+                &mut send,
+                StatusCode::BAD_REQUEST,
+                &format!("invalid request: {e}"),
+            )
+            .await;
+        }
     };
     *request.headers_mut() = headers;
 
@@ -123,17 +139,19 @@ async fn forward(upstream: &Upstream, claims: &Claims, head: RequestHead, mut se
     // how a cancellation reaches an upstream request that is waiting for its answer or for its
     // next body chunk (a quiet watch). A cancellation signal, not a wait for acknowledgements.
     let mut stopped = send.stopped();
+    let sent = std::time::Instant::now();
     let response = tokio::select! {
         response = upstream.send(request) => response,
         _ = &mut stopped => return tracing::debug!("stub cancelled the request before the upstream answered"),
     };
+    forwarder.metrics.upstream.observe(&[], sent.elapsed().as_secs_f64());
     let mut response = match response {
         Ok(r) => r,
         Err(e) => {
             let chain = bridge::error_chain(&*e);
             tracing::warn!(error = chain, upstream = upstream.url(), "upstream request failed");
             let message = format!("the agent could not reach its API server: {chain}");
-            return respond_error(&mut send, StatusCode::BAD_GATEWAY, &message).await;
+            return respond_error(&forwarder.metrics, &mut send, StatusCode::BAD_GATEWAY, &message).await;
         }
     };
 
@@ -143,6 +161,7 @@ async fn forward(upstream: &Upstream, claims: &Claims, head: RequestHead, mut se
         if let Err(e) = write_frame(&mut send, &head).await {
             return tracing::debug!(error = %e, "stub went away before the 101");
         }
+        forwarder.metrics.requests.inc(&["101"]);
         match on_upgrade.await {
             Ok(upgraded) => bridge::pipe(hyper_util::rt::TokioIo::new(upgraded), send, recv).await,
             Err(e) => {
@@ -158,6 +177,7 @@ async fn forward(upstream: &Upstream, claims: &Claims, head: RequestHead, mut se
     if let Err(e) = write_frame(&mut send, &head).await {
         return tracing::debug!(error = %e, "stub went away before the response head");
     }
+    forwarder.metrics.requests.inc(&[parts.status.as_str()]);
     let pumped = tokio::select! {
         pumped = bridge::pump_body(body, &mut send) => pumped,
         _ = &mut stopped => return tracing::debug!("stub stopped the response; upstream request aborted"),
@@ -176,7 +196,8 @@ async fn forward(upstream: &Upstream, claims: &Claims, head: RequestHead, mut se
     }
 }
 
-async fn respond_error(send: &mut SendHalf, code: StatusCode, message: &str) {
+async fn respond_error(metrics: &super::metrics::AgentMetrics, send: &mut SendHalf, code: StatusCode, message: &str) {
+    metrics.requests.inc(&[code.as_str()]);
     let head = ResponseHead {
         status: code.as_u16(),
         headers: vec![Header { name: "content-type".into(), value: b"application/json".to_vec() }],

@@ -3,6 +3,7 @@
 //!
 //! - [`backoff`]: reconnect delays.
 //! - [`identity`]: certificate, key and CA from files, watched for rotation.
+//! - [`metrics`]: what `/metrics` on the admin listener shows.
 //! - [`session`]: one connection (hello/welcome, serving streams, draining).
 //! - [`forward`]: one request stream to the API server and back.
 //! - [`upstream`]: the API server client (URL, kubeconfig or in-cluster, through the `kube` crate).
@@ -16,6 +17,7 @@
 pub mod backoff;
 pub mod forward;
 pub mod identity;
+pub mod metrics;
 pub mod session;
 pub mod token_file;
 pub mod upstream;
@@ -168,13 +170,17 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         on_shutdown.cancel();
     });
     tracing::info!(cluster = %config.cluster, name = %config.name, stub = %config.stub, upstream = upstream.url(), fingerprint = %identity.fingerprint, transport = ?config.transport, "agent starting");
-    let forwarder = Arc::new(Forwarder { upstream, tokens, cluster: config.cluster.clone() });
+    let agent_metrics = Arc::new(metrics::AgentMetrics::default());
+    let forwarder =
+        Arc::new(Forwarder { upstream, tokens, cluster: config.cluster.clone(), metrics: agent_metrics.clone() });
     let readiness = Readiness::default();
     if let Some(addr) = config.admin_listen {
-        let bound = crate::admin::serve(addr, readiness.clone())
+        let (scraped, ready) = (agent_metrics.clone(), readiness.clone());
+        let render: crate::admin::Metrics = Arc::new(move || scraped.render(ready.get()));
+        let bound = crate::admin::serve(addr, readiness.clone(), "not connected to the stub\n", render)
             .await
             .with_context(|| format!("binding the admin listener on {addr}"))?;
-        tracing::info!(admin = %bound, "admin listening (/healthz, /readyz)");
+        tracing::info!(admin = %bound, "admin listening (/healthz, /readyz, /metrics)");
     }
     let (identity_tx, mut new_identities) = mpsc::channel(4);
     tokio::spawn(identity::watch(files, config.tuning.clone(), identity.clone(), identity_tx, cancel.clone()));
@@ -223,6 +229,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         let mut current = session.transport();
         tracing::info!(connection = session.connection_id, stub = %config.stub, fingerprint = %identity.fingerprint, transport = %current, "connected to stub");
         readiness.set(true);
+        agent_metrics.set_link(Some(session.link().clone()));
+        agent_metrics.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut stop = CancellationToken::new();
         let mut serving = tokio::spawn(session::serve(session, forwarder.clone(), stop.clone(), config.grace));
         // New certificate files the stub has not accepted yet, and when to try them again.
@@ -268,6 +276,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
                         tracing::info!(connection = next.connection_id, from = %identity.fingerprint, to = %candidate.fingerprint, "certificate rotated: new connection welcomed; draining the old one");
                     }
                     tracing::info!(connection = next.connection_id, stub = %config.stub, fingerprint = %candidate.fingerprint, transport = %candidate_transport, "connected to stub");
+                    agent_metrics.set_link(Some(next.link().clone()));
+                    agent_metrics.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     stop.cancel();
                     stop = CancellationToken::new();
                     let next_serving =
@@ -288,6 +298,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
             }
         };
         readiness.set(false);
+        agent_metrics.set_link(None);
         // The files on disk win for the next connection, accepted before or not.
         if let Some(new) = pending {
             identity = new;

@@ -32,6 +32,10 @@ impl Session {
     pub fn transport(&self) -> crate::transport::Transport {
         self.conn.transport()
     }
+
+    pub fn link(&self) -> &Link {
+        &self.conn
+    }
 }
 
 /// How a served session ended.

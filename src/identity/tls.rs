@@ -56,10 +56,11 @@ pub fn stub_quic(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     whitelist: WhitelistHandle,
+    on_refusal: super::verifier::OnRefusal,
 ) -> Result<ServerConfig, TlsError> {
     let webpki =
         WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider()).build().map_err(TlsError::Verifier)?;
-    let verifier = Arc::new(WhitelistVerifier::new(webpki, whitelist));
+    let verifier = Arc::new(WhitelistVerifier::new(webpki, whitelist, on_refusal));
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|source| TlsError::Rustls { what: "TLS 1.3 is not available", source })?

@@ -12,17 +12,30 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Signatu
 use super::fingerprint::Fingerprint;
 use super::whitelist::WhitelistHandle;
 
+/// Told the reason (`"chain"` or `"whitelist"`) of every refused agent, for metrics.
+pub type OnRefusal = Arc<dyn Fn(&'static str) + Send + Sync>;
+
 /// Chain check plus whitelist check. See the module doc.
-#[derive(Debug)]
 pub struct WhitelistVerifier {
     chain: Arc<dyn ClientCertVerifier>,
     whitelist: WhitelistHandle,
+    on_refusal: OnRefusal,
+}
+
+impl std::fmt::Debug for WhitelistVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WhitelistVerifier").field("whitelist", &self.whitelist).finish_non_exhaustive()
+    }
 }
 
 impl WhitelistVerifier {
     /// `chain` must require a client certificate (it is built from the tether CA).
-    pub fn new(chain: Arc<dyn ClientCertVerifier>, whitelist: WhitelistHandle) -> WhitelistVerifier {
-        WhitelistVerifier { chain, whitelist }
+    pub fn new(
+        chain: Arc<dyn ClientCertVerifier>,
+        whitelist: WhitelistHandle,
+        on_refusal: OnRefusal,
+    ) -> WhitelistVerifier {
+        WhitelistVerifier { chain, whitelist, on_refusal }
     }
 }
 
@@ -44,10 +57,12 @@ impl ClientCertVerifier for WhitelistVerifier {
         let fingerprint = Fingerprint::of_der(end_entity);
         if let Err(e) = self.chain.verify_client_cert(end_entity, intermediates, now) {
             tracing::warn!(%fingerprint, error = %e, "refused agent: certificate does not verify against the tether CA");
+            (self.on_refusal)("chain");
             return Err(e);
         }
         if self.whitelist.get().lookup(&fingerprint).is_none() {
             tracing::warn!(%fingerprint, "refused agent: certificate is not in the whitelist");
+            (self.on_refusal)("whitelist");
             // Maps to the TLS alert access_denied, which the agent reports in plain words.
             return Err(rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure));
         }

@@ -95,10 +95,20 @@ pub struct Pending {
     pub record: Record,
     started: Instant,
     log: AuditLog,
+    metrics: Arc<super::metrics::StubMetrics>,
+    /// The cluster may label metrics: set once a verified token allows it, so that made-up
+    /// cluster names in unauthenticated paths cannot grow the metrics without bound.
+    pub cluster_vouched: bool,
 }
 
 impl Pending {
-    pub fn new(log: AuditLog, request_id: &str, verb: &str, path: &str) -> Pending {
+    pub fn new(
+        log: AuditLog,
+        metrics: Arc<super::metrics::StubMetrics>,
+        request_id: &str,
+        verb: &str,
+        path: &str,
+    ) -> Pending {
         let record = Record {
             time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             request_id: request_id.into(),
@@ -106,7 +116,7 @@ impl Pending {
             path: path.into(),
             ..Record::default()
         };
-        Pending { record, started: Instant::now(), log }
+        Pending { record, started: Instant::now(), log, metrics, cluster_vouched: false }
     }
 }
 
@@ -120,7 +130,15 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        self.record.duration_ms = self.started.elapsed().as_millis() as u64;
+        let elapsed = self.started.elapsed();
+        self.record.duration_ms = elapsed.as_millis() as u64;
         self.log.write(&self.record);
+        let cluster = match (&self.record.cluster, self.cluster_vouched) {
+            (Some(cluster), true) => cluster.as_str(),
+            _ => "unknown",
+        };
+        self.metrics.requests.inc(&[cluster, &self.record.status.to_string()]);
+        self.metrics.duration.observe(&[cluster], elapsed.as_secs_f64());
+        self.metrics.response_bytes.add(&[cluster], self.record.bytes);
     }
 }

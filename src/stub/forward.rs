@@ -71,6 +71,24 @@ enum ForwardError {
 }
 
 impl ForwardError {
+    /// The `reason` label of `tether_refusals_total`.
+    fn reason(&self) -> &'static str {
+        match self {
+            ForwardError::Route(RouteError::NotClusterPath(_)) => "not_a_cluster_path",
+            ForwardError::Route(RouteError::BadCluster(_)) => "bad_cluster_name",
+            ForwardError::NoToken => "no_token",
+            ForwardError::BadToken(_) => "bad_token",
+            ForwardError::CertificateBinding => "certificate_binding",
+            ForwardError::ClusterNotAllowed { .. } => "cluster_not_allowed",
+            ForwardError::Limit(LimitError::User { .. }) => "limit_user",
+            ForwardError::Limit(LimitError::Cluster { .. }) => "limit_cluster",
+            ForwardError::Limit(LimitError::Connection { .. }) => "limit_connection",
+            ForwardError::UnknownCluster(_) => "unknown_cluster",
+            ForwardError::NoAgent(_) => "no_agent",
+            ForwardError::Stream { .. } => "agent_stream_failed",
+        }
+    }
+
     fn code(&self) -> StatusCode {
         match self {
             ForwardError::Route(RouteError::NotClusterPath(_)) => StatusCode::NOT_FOUND,
@@ -103,7 +121,8 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let request_id = new_request_id();
-    let mut audit = Pending::new(state.audit.clone(), &request_id, &verb(&req), req.uri().path());
+    let mut audit =
+        Pending::new(state.audit.clone(), state.metrics.clone(), &request_id, &verb(&req), req.uri().path());
     let span = tracing::info_span!(
         "request", id = %request_id, method = %req.method(), path = %req.uri().path(), remote = %caller.remote, user = tracing::field::Empty
     );
@@ -112,6 +131,7 @@ pub async fn handle(
             Ok(response) => response,
             Err(e) => {
                 tracing::info!(status = e.code().as_u16(), "{e}");
+                state.metrics.refusals.inc(&[e.reason()]);
                 status::response(e.code(), e.to_string())
             }
         }
@@ -162,6 +182,7 @@ async fn forward(
     if !claims.allows_cluster(&cluster) {
         return Err(ForwardError::ClusterNotAllowed { user: claims.sub, cluster });
     }
+    audit.cluster_vouched = true;
     // Counted until the response body ends, or an upgraded connection closes.
     let admitted = state.limits.admit(&claims.sub, &cluster)?;
     let path_and_query = route.path_and_query;

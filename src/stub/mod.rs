@@ -7,6 +7,7 @@
 //! - [`route`]: `/clusters/{cluster}/{path}` -> cluster and upstream path.
 //! - [`audit`]: one JSON line per request.
 //! - [`limits`]: requests in flight per user and per cluster (429 beyond).
+//! - [`metrics`]: what `/metrics` on the admin listener shows.
 //! - [`reload`]: the whitelist reloaded on change and on SIGHUP; revoked agents cut off.
 //! - [`stalled`]: responses whose caller stopped reading are dropped, so they cannot stall an
 //!   agent connection.
@@ -16,6 +17,7 @@ pub mod audit;
 pub mod forward;
 pub mod front_door;
 pub mod limits;
+pub mod metrics;
 pub mod registry;
 pub mod reload;
 pub mod route;
@@ -57,6 +59,8 @@ pub struct StubConfig {
     pub limits: limits::Limits,
     /// A response left unread this long is dropped (`None`: never).
     pub stalled_reader_timeout: Option<Duration>,
+    /// Where to serve `/healthz`, `/readyz` and `/metrics`.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// State shared by the QUIC side and the front door.
@@ -68,6 +72,7 @@ pub struct StubState {
     pub audit: AuditLog,
     pub limits: Arc<limits::Counters>,
     pub stalled_reader_timeout: Option<Duration>,
+    pub metrics: Arc<metrics::StubMetrics>,
 }
 
 /// A stub whose sockets are bound (so its addresses are known) but not yet serving.
@@ -115,8 +120,12 @@ impl Stub {
         let whitelist = WhitelistHandle::new(Whitelist::load(&dir.whitelist())?);
         tracing::info!(agents = whitelist.get().entries().len(), path = %dir.whitelist().display(), "whitelist loaded");
 
-        let quic_tls = tls::stub_quic(&ca, chain.clone(), key.clone_key(), whitelist.clone())?;
-        let agent_tls = Arc::new(tls::stub_quic(&ca, chain.clone(), key.clone_key(), whitelist.clone())?);
+        let stub_metrics = Arc::new(metrics::StubMetrics::default());
+        let counted = stub_metrics.clone();
+        let on_refusal: crate::identity::verifier::OnRefusal =
+            Arc::new(move |reason| counted.agent_refusals.inc(&[reason]));
+        let quic_tls = tls::stub_quic(&ca, chain.clone(), key.clone_key(), whitelist.clone(), on_refusal.clone())?;
+        let agent_tls = Arc::new(tls::stub_quic(&ca, chain.clone(), key.clone_key(), whitelist.clone(), on_refusal)?);
         let (udp, agent_tcp) = bind_agent_port(config.quic_listen).await?;
         let endpoint = quic::server_endpoint(udp, quic_tls, &config.tuning)
             .with_context(|| format!("starting the QUIC listener on {}", config.quic_listen))?;
@@ -134,7 +143,18 @@ impl Stub {
             audit,
             limits: limits::Counters::new(config.limits),
             stalled_reader_timeout: config.stalled_reader_timeout,
+            metrics: stub_metrics,
         });
+        if let Some(addr) = config.admin_listen {
+            let readiness = crate::admin::Readiness::default();
+            readiness.set(true);
+            let scraped = state.clone();
+            let render: crate::admin::Metrics = Arc::new(move || scraped.metrics.render(&scraped.registry));
+            let bound = crate::admin::serve(addr, readiness, "not serving\n", render)
+                .await
+                .with_context(|| format!("binding the admin listener on {addr}"))?;
+            tracing::info!(admin = %bound, "admin listening (/healthz, /readyz, /metrics)");
+        }
         Ok(Stub {
             endpoint,
             agent_tcp,

@@ -90,6 +90,7 @@ pub enum Pick {
 pub struct Registry {
     clusters: Mutex<HashMap<String, Vec<Arc<AgentLink>>>>,
     next_id: AtomicU64,
+    next_pick: AtomicUsize,
 }
 
 impl Registry {
@@ -122,7 +123,12 @@ impl Registry {
             .filter(|l| Some(l.id) != excluding)
             .filter(|l| !l.draining.load(Ordering::Relaxed) && !l.link.is_closed())
             .collect();
-        let Some(least) = routable.iter().min_by_key(|l| l.in_flight()) else { return Pick::NoLink };
+        // Ties (often: all idle) go round-robin, so sequential requests spread over the replicas.
+        let start = self.next_pick.fetch_add(1, Ordering::Relaxed);
+        let n = routable.len();
+        let Some(least) = (0..n).map(|i| routable[(start + i) % n.max(1)]).min_by_key(|l| l.in_flight()) else {
+            return Pick::NoLink;
+        };
         if limit != 0 && least.in_flight() >= limit {
             return Pick::Full { connections: routable.len() };
         }

@@ -1,0 +1,113 @@
+//! The admin listeners: `/healthz`, `/readyz` and `/metrics` (Prometheus text) on stub and agent.
+//! The metrics count what happened, by the labels an operator filters on: agents connected per
+//! cluster and transport, requests by cluster and code, refusals by reason (front door and agent
+//! handshakes), request durations, and link quality per QUIC agent connection.
+
+mod support;
+
+use std::time::Duration;
+
+use support::upstream::Upstream;
+use support::{Pki, StubProc, call, front_client, spawn_agent};
+
+/// GET `path` from a plain-HTTP admin listener: (status, body).
+async fn admin_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).await.unwrap();
+    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed), if present.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Scrapes until `check` holds (bounded): counters are updated as responses end, a moment after
+/// the client has seen the last byte.
+async fn scrape_until(addr: &str, what: &str, check: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + support::PATIENCE;
+    loop {
+        let (status, body) = admin_get(addr, "/metrics").await;
+        assert_eq!(status, 200);
+        if check(&body) {
+            return body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what} never showed in:\n{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn admin_addr(line: &str) -> String {
+    line.split("admin=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn stub_and_agent_expose_health_and_metrics_that_count_what_happened() {
+    let pki = Pki::new();
+    pki.agent("dev", "agent-0");
+    pki.agent("dev", "agent-1");
+    let stranger = pki.signer().issue_agent("dev", "stranger", tether::identity::certs::Validity::days(1)).unwrap();
+    pki.install_agent("dev", "stranger", &stranger, None);
+    let upstream = Upstream::start().await;
+    let mut stub = StubProc::start_with(&pki, &["--admin-listen", "127.0.0.1:0", "--audit-log", "off"]).await;
+    let stub_admin = admin_addr(&stub.proc.wait_for("admin listening").await);
+    let mut quic_agent = spawn_agent(
+        &pki,
+        &stub,
+        "dev",
+        "agent-0",
+        &upstream.url(),
+        &["--admin-listen", "127.0.0.1:0", "--transport", "quic"],
+    );
+    let mut tcp_agent = spawn_agent(&pki, &stub, "dev", "agent-1", &upstream.url(), &["--transport", "tcp"]);
+    quic_agent.wait_for("connected to stub").await;
+    tcp_agent.wait_for("connected to stub").await;
+    let agent_admin = admin_addr(&quic_agent.wait_for("admin listening").await);
+    let mut refused = spawn_agent(&pki, &stub, "dev", "stranger", &upstream.url(), &["--transport", "quic"]);
+    refused.wait_for("certificate not in the stub's whitelist").await;
+    drop(refused);
+
+    assert_eq!(admin_get(&stub_admin, "/healthz").await.0, 200);
+    assert_eq!(admin_get(&stub_admin, "/readyz").await.0, 200);
+    assert_eq!(admin_get(&agent_admin, "/readyz").await.0, 200);
+
+    let client = front_client(&pki, true);
+    for i in 0..6 {
+        assert_eq!(call(&client, "GET", &format!("{}/clusters/dev/echo/{i}", stub.url), "").await.0, 200);
+    }
+    let stranger_client = client.with_token(Some("not-a-token".into()));
+    assert_eq!(call(&stranger_client, "GET", &format!("{}/clusters/dev/echo", stub.url), "").await.0, 401);
+    let dev_only = client.with_token(Some(pki.token("dora", &[], &["dev"])));
+    assert_eq!(call(&dev_only, "GET", &format!("{}/clusters/prod/echo", stub.url), "").await.0, 403);
+
+    let metrics = scrape_until(&stub_admin, "six 200s of cluster dev", |m| {
+        sample(m, r#"tether_requests_total{cluster="dev",code="200"}"#) == Some(6.0)
+    })
+    .await;
+    let expect = |series: &str, value: f64| {
+        assert_eq!(sample(&metrics, series), Some(value), "{series} in:\n{metrics}");
+    };
+    expect(r#"tether_agents_connected{cluster="dev",transport="quic"}"#, 1.0);
+    expect(r#"tether_agents_connected{cluster="dev",transport="tcp"}"#, 1.0);
+    expect(r#"tether_refusals_total{reason="bad_token"}"#, 1.0);
+    expect(r#"tether_refusals_total{reason="cluster_not_allowed"}"#, 1.0);
+    // An unauthenticated request never labels metrics with the cluster it named.
+    expect(r#"tether_requests_total{cluster="unknown",code="401"}"#, 1.0);
+    expect(r#"tether_request_duration_seconds_count{cluster="dev"}"#, 6.0);
+    expect(r#"tether_request_duration_seconds_bucket{cluster="dev",le="+Inf"}"#, 6.0);
+    assert!(sample(&metrics, r#"tether_agent_refusals_total{reason="whitelist"}"#).unwrap_or(0.0) >= 1.0, "{metrics}");
+    let rtt_line = metrics.lines().find(|l| l.starts_with(r#"tether_link_rtt_seconds{cluster="dev",agent="agent-0""#));
+    let rtt: f64 = rtt_line.and_then(|l| l.rsplit(' ').next()?.parse().ok()).expect("link RTT of the QUIC agent");
+    assert!(rtt > 0.0 && rtt < 1.0, "{rtt}");
+
+    let agent_metrics = admin_get(&agent_admin, "/metrics").await.1;
+    assert_eq!(sample(&agent_metrics, r#"tether_agent_connected{transport="quic"}"#), Some(1.0), "{agent_metrics}");
+    let answered = sample(&agent_metrics, r#"tether_agent_requests_total{code="200"}"#).unwrap_or(0.0);
+    assert!((1.0..=6.0).contains(&answered), "agent-0 answered its share of the six: {agent_metrics}");
+    assert!(agent_metrics.contains("tether_agent_upstream_seconds_bucket{le=\"+Inf\"}"), "{agent_metrics}");
+}
