@@ -332,6 +332,10 @@ struct StubArgs {
     /// Serve /healthz, /readyz and /metrics (Prometheus) on this address.
     #[arg(long, env = "TETHER_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
+    /// A front-door client must send a request's headers within this time (HTTP/1.1), or is
+    /// disconnected: slow-loris protection.
+    #[arg(long, env = "TETHER_HEADER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    header_timeout: Duration,
     /// Reload the whitelist only on SIGHUP, not also when the file changes.
     #[arg(long, env = "TETHER_NO_WATCH_WHITELIST")]
     no_watch_whitelist: bool,
@@ -461,6 +465,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 watch_whitelist: !args.no_watch_whitelist,
                 stalled_reader_timeout: Some(args.stalled_reader_timeout).filter(|t| !t.is_zero()),
                 admin_listen: args.admin_listen,
+                header_timeout: args.header_timeout,
                 limits: Limits {
                     per_user: args.max_requests_per_user,
                     per_cluster: args.max_requests_per_cluster,

@@ -18,16 +18,15 @@ use crate::identity::fingerprint::Fingerprint;
 
 /// A client has this long to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// An HTTP/1.1 client has this long to send a request's headers (slow-loris).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// HTTP/2 streams per client connection; kubectl and informers multiplex watches on one.
 const MAX_H2_STREAMS: u32 = 1000;
 const H2_STREAM_WINDOW: u32 = 1024 * 1024;
 const H2_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 
-fn http_builder() -> auto::Builder<TokioExecutor> {
+/// `header_timeout`: an HTTP/1.1 client has this long to send a request's headers (slow-loris).
+fn http_builder(header_timeout: Duration) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
     // Windows sized on purpose rather than h2's 64 KiB start: with many concurrent uploads a
     // small connection window makes clients trickle tiny DATA frames, which h2's flood guard
     // answers with GOAWAY (ENHANCE_YOUR_CALM). They also bound what one client connection can
@@ -48,9 +47,10 @@ pub async fn serve(
     state: Arc<StubState>,
     cancel: CancellationToken,
     grace: Duration,
+    header_timeout: Duration,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let builder = http_builder();
+    let builder = http_builder(header_timeout);
     let graceful = GracefulShutdown::new();
     loop {
         let (tcp, remote) = tokio::select! {

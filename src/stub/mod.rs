@@ -61,6 +61,8 @@ pub struct StubConfig {
     pub stalled_reader_timeout: Option<Duration>,
     /// Where to serve `/healthz`, `/readyz` and `/metrics`.
     pub admin_listen: Option<SocketAddr>,
+    /// A front-door client has this long to send a request's headers (HTTP/1.1; slow-loris).
+    pub header_timeout: Duration,
 }
 
 /// State shared by the QUIC side and the front door.
@@ -86,6 +88,7 @@ pub struct Stub {
     front_tls: Arc<rustls::ServerConfig>,
     state: Arc<StubState>,
     grace: Duration,
+    header_timeout: Duration,
     whitelist_path: PathBuf,
     watch_whitelist: bool,
 }
@@ -164,6 +167,7 @@ impl Stub {
             front_tls,
             state,
             grace: config.grace,
+            header_timeout: config.header_timeout,
             whitelist_path: dir.whitelist(),
             watch_whitelist: config.watch_whitelist,
         })
@@ -202,6 +206,7 @@ impl Stub {
             self.state.clone(),
             cancel.clone(),
             self.grace,
+            self.header_timeout,
         ));
         tokio::spawn(reload::watch(self.state.clone(), self.whitelist_path, self.watch_whitelist, cancel.clone()));
         shutdown.await;
