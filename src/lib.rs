@@ -22,12 +22,14 @@
 //! - [`shutdown`]: SIGINT and SIGTERM as one future.
 //! - [`fd_limit`]: the open-file limit raised for thousands of connections.
 //! - [`bench`]: the load harness (`tether bench`).
+//! - [`config`]: flags from a TOML file (`--config`).
 //! - [`link`]: an emulated bad link (loss, delay, jitter, rate) for tests and benchmarks.
 
 pub mod admin;
 pub mod agent;
 pub mod bench;
 pub mod bridge;
+pub mod config;
 pub mod fd_limit;
 pub mod identity;
 pub mod kubeconfig;

@@ -24,6 +24,10 @@ use tether::stub::{Stub, StubConfig};
 #[derive(Parser)]
 #[command(name = "tether", version, about)]
 struct Cli {
+    /// Take flags from this TOML file too, one [section] per command (see the README); the
+    /// command line and the environment win over it.
+    #[arg(long, global = true, env = "TETHER_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -432,7 +436,15 @@ fn init_tracing() {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    use clap::CommandFactory;
+    let args = match tether::config::merged_args(std::env::args_os().collect(), &Cli::command()) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
     init_tracing();
     tls::install_default_provider();
     if let Some((soft, hard)) = tether::fd_limit::raise_to_hard_limit() {

@@ -41,7 +41,7 @@ pub struct Paths {
 }
 
 /// What `tether bench` needs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BenchConfig {
     /// Base URL: a stub's `https://HOST:PORT/clusters/C`, or an upstream for comparison.
     pub target: String,
@@ -69,6 +69,18 @@ pub struct BenchConfig {
     /// Hold each watch open until the end of the run (to measure what open streams cost)
     /// instead of dropping it at its first event.
     pub hold_watches: bool,
+}
+
+/// Never prints the token.
+impl std::fmt::Debug for BenchConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BenchConfig")
+            .field("target", &self.target)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("concurrency", &self.concurrency)
+            .field("mix", &self.mix)
+            .finish_non_exhaustive()
+    }
 }
 
 type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;

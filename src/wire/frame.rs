@@ -56,7 +56,7 @@ pub struct Header {
 }
 
 /// First frame of a request stream (stub -> agent). The request body follows as raw bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestHead {
     /// Assigned by the stub; both ends log it so one request can be followed across the tunnel.
     pub request_id: String,
@@ -67,6 +67,19 @@ pub struct RequestHead {
     pub headers: Vec<Header>,
     /// The caller's credential, which the agent verifies again before forwarding.
     pub credential: Option<String>,
+}
+
+/// Never prints the credential: a head in a log line must not hand out the caller's token.
+impl std::fmt::Debug for RequestHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestHead")
+            .field("request_id", &self.request_id)
+            .field("method", &self.method)
+            .field("path_and_query", &self.path_and_query)
+            .field("headers", &self.headers)
+            .field("credential", &self.credential.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// First frame of a response (agent -> stub). The response body follows as raw bytes.
@@ -263,5 +276,18 @@ mod tests {
         let mut payload = encode(&Control::Drain).unwrap()[PREFIX_LEN..].to_vec();
         payload.push(0);
         assert!(matches!(decode_payload::<Control>(&payload), Err(FrameError::TrailingBytes { extra: 1 })));
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_credential() {
+        let head = RequestHead {
+            request_id: "1".into(),
+            method: "GET".into(),
+            path_and_query: "/".into(),
+            headers: vec![],
+            credential: Some("eyJ.secret.token".into()),
+        };
+        let shown = format!("{head:?}");
+        assert!(!shown.contains("secret") && shown.contains("<redacted>"), "{shown}");
     }
 }
