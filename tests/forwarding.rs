@@ -264,3 +264,18 @@ async fn requests_wait_for_nothing_after_the_agent_answers() {
     assert_eq!((status, body.len()), (200, 0));
     assert_eq!(headers["content-length"], "1000");
 }
+
+#[tokio::test]
+async fn one_request_can_be_followed_by_its_id_through_stub_and_agent_logs() {
+    let mut t = Tunnel::start().await;
+    let (status, headers, _) = call(&front_client(&t.pki, true), "GET", &t.url("/echo/follow-me"), "").await;
+    assert_eq!(status, 200);
+    let id = headers["x-tether-request-id"].to_str().unwrap().to_owned();
+    // The same id in the request span of both processes' log lines, and in the audit line.
+    let needle = format!("id={id}");
+    let stub_line = t.stub.proc.wait_for(&needle).await;
+    assert!(stub_line.contains("request{"), "{stub_line}");
+    let agent_line = t.agent.wait_for(&needle).await;
+    assert!(agent_line.contains("request{") && agent_line.contains("/echo/follow-me"), "{agent_line}");
+    t.stub.proc.wait_for(&format!("\"request_id\":\"{id}\"")).await;
+}
