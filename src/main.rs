@@ -403,9 +403,9 @@ struct AgentArgs {
     #[arg(long, env = "TETHER_MAX_STREAMS", default_value_t = Tuning::default().max_request_streams)]
     max_streams: u32,
     /// First reconnect delay (doubles up to --backoff-max, with jitter).
-    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TETHER_BACKOFF_MIN", default_value = "100ms", value_parser = humantime::parse_duration)]
     backoff_min: Duration,
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TETHER_BACKOFF_MAX", default_value = "1s", value_parser = humantime::parse_duration)]
     backoff_max: Duration,
     /// How long in-flight requests may take to finish on shutdown.
     #[arg(long, env = "TETHER_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -418,7 +418,7 @@ struct AgentArgs {
     #[arg(long, env = "TETHER_TRANSPORT", value_enum, default_value = "auto")]
     transport: tether::agent::TransportMode,
     /// With --transport auto, while on TCP: how often to try QUIC again.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TETHER_QUIC_RETRY", default_value = "30s", value_parser = humantime::parse_duration)]
     quic_retry: Duration,
     #[command(flatten)]
     quic: QuicArgs,
