@@ -142,14 +142,32 @@ pub enum KeyError {
 }
 
 fn pem_body(path: &Path, label: &str) -> Result<Vec<u8>, KeyError> {
+    Ok(pem_bodies(path, label)?.remove(0))
+}
+
+/// Every `label` block of the PEM file at `path`, in order; at least one.
+fn pem_bodies(path: &Path, label: &str) -> Result<Vec<Vec<u8>>, KeyError> {
     let text = files::load_text(path, "cannot read key (run `tether certs issuer` first)")?;
     let invalid = |problem: String| KeyError::Invalid { path: path.to_owned(), problem };
     let begin = format!("-----BEGIN {label}-----");
     let end = format!("-----END {label}-----");
-    let start = text.find(&begin).ok_or_else(|| invalid(format!("no {label} block")))? + begin.len();
-    let stop = text[start..].find(&end).ok_or_else(|| invalid(format!("unterminated {label} block")))? + start;
-    let b64: String = text[start..stop].chars().filter(|c| !c.is_whitespace()).collect();
-    base64::engine::general_purpose::STANDARD.decode(b64).map_err(|e| invalid(format!("bad base64: {e}")))
+    let mut bodies = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find(&begin) {
+        let start = at + begin.len();
+        let stop = rest[start..].find(&end).ok_or_else(|| invalid(format!("unterminated {label} block")))? + start;
+        let b64: String = rest[start..stop].chars().filter(|c| !c.is_whitespace()).collect();
+        bodies.push(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| invalid(format!("block {}: bad base64: {e}", bodies.len() + 1)))?,
+        );
+        rest = &rest[stop + end.len()..];
+    }
+    if bodies.is_empty() {
+        return Err(invalid(format!("no {label} block")));
+    }
+    Ok(bodies)
 }
 
 /// DER prefix of an Ed25519 SubjectPublicKeyInfo; the 32-byte key follows.
@@ -178,14 +196,16 @@ impl TokenIssuer {
 
     /// The verifier for tokens of this issuer.
     pub fn verifier(&self) -> TokenVerifier {
-        TokenVerifier { key: self.key.public_key().as_ref().to_vec() }
+        TokenVerifier { keys: vec![self.key.public_key().as_ref().to_vec()] }
     }
 }
 
-/// Verifies tokens; holds only the issuer's public key.
+/// Verifies tokens; holds only the issuer's public keys. Several keys (PEM blocks one after the
+/// other in `issuer.pub`) let an issuer key be rotated without refusing anyone: tokens signed
+/// by any of them verify.
 #[derive(Clone)]
 pub struct TokenVerifier {
-    key: Vec<u8>,
+    keys: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for TokenVerifier {
@@ -195,13 +215,21 @@ impl std::fmt::Debug for TokenVerifier {
 }
 
 impl TokenVerifier {
-    /// Loads the issuer's public key (SPKI PEM, as `tether certs issuer` writes it).
+    /// Loads the issuer's public keys (SPKI PEM, as `tether certs issuer` writes them; one or
+    /// more blocks).
     pub fn load(path: &Path) -> Result<TokenVerifier, KeyError> {
-        let der = pem_body(path, "PUBLIC KEY")?;
-        match der.strip_prefix(&ED25519_SPKI_PREFIX[..]) {
-            Some(key) if key.len() == 32 => Ok(TokenVerifier { key: key.to_vec() }),
-            _ => Err(KeyError::Invalid { path: path.to_owned(), problem: "not an Ed25519 public key".into() }),
-        }
+        let keys = pem_bodies(path, "PUBLIC KEY")?
+            .into_iter()
+            .enumerate()
+            .map(|(i, der)| match der.strip_prefix(&ED25519_SPKI_PREFIX[..]) {
+                Some(key) if key.len() == 32 => Ok(key.to_vec()),
+                _ => Err(KeyError::Invalid {
+                    path: path.to_owned(),
+                    problem: format!("block {}: not an Ed25519 public key", i + 1),
+                }),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TokenVerifier { keys })
     }
 
     /// The claims of `token` if it is well-formed, signed by the issuer, for tether, and valid
@@ -225,9 +253,13 @@ impl TokenVerifier {
             return Err(TokenError::Algorithm(header.alg));
         }
         let signature = B64.decode(signature).map_err(|_| TokenError::Malformed("signature is not base64url"))?;
-        UnparsedPublicKey::new(&ED25519, &self.key)
-            .verify(signing_input.as_bytes(), &signature)
-            .map_err(|_| TokenError::Signature)?;
+        if !self
+            .keys
+            .iter()
+            .any(|key| UnparsedPublicKey::new(&ED25519, key).verify(signing_input.as_bytes(), &signature).is_ok())
+        {
+            return Err(TokenError::Signature);
+        }
         let claims: Claims = B64
             .decode(payload)
             .ok()
@@ -264,7 +296,7 @@ mod tests {
         super::super::certs::issuer_in_dir(&certs, false).unwrap();
         let issuer = TokenIssuer::load(&certs.issuer_key()).unwrap();
         let verifier = TokenVerifier::load(&certs.issuer_pub()).unwrap();
-        assert_eq!(verifier.key, issuer.verifier().key, "the public file matches the private key");
+        assert_eq!(verifier.keys, issuer.verifier().keys, "the public file matches the private key");
         issuer
     }
 
@@ -314,6 +346,31 @@ mod tests {
     }
 
     #[test]
+    fn several_issuer_keys_verify_during_a_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old_key, old_pub) = super::super::certs::new_issuer_keypair().unwrap();
+        let (new_key, new_pub) = super::super::certs::new_issuer_keypair().unwrap();
+        let (stranger_key, _) = super::super::certs::new_issuer_keypair().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let both = TokenVerifier::load(&write("both.pub", &format!("{old_pub}{new_pub}"))).unwrap();
+        let now = unix_now();
+        for (name, key) in [("old", &old_key), ("new", &new_key)] {
+            let issuer = TokenIssuer::load(&write(name, key)).unwrap();
+            assert!(both.verify(&issuer.sign(&alice(60)), now).is_ok(), "{name} key");
+        }
+        let stranger = TokenIssuer::load(&write("stranger", &stranger_key)).unwrap();
+        assert_eq!(both.verify(&stranger.sign(&alice(60)), now), Err(TokenError::Signature));
+        let broken =
+            write("broken.pub", &format!("{old_pub}-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"));
+        let err = TokenVerifier::load(&broken).unwrap_err().to_string();
+        assert!(err.contains("broken.pub") && err.contains("block 2"), "{err}");
+    }
+
+    #[test]
     fn certificate_binding() {
         let fp = Fingerprint::of_der(b"cert");
         let mut claims = alice(60);
@@ -336,7 +393,7 @@ mod tests {
     proptest! {
         #[test]
         fn arbitrary_tokens_never_panic_or_verify(token in "\\PC{0,300}", dots in "[a-zA-Z0-9_-]{0,40}\\.[a-zA-Z0-9_-]{0,40}\\.[a-zA-Z0-9_-]{0,90}") {
-            let v = TokenVerifier { key: vec![7; 32] };
+            let v = TokenVerifier { keys: vec![vec![7; 32]] };
             prop_assert!(v.verify(&token, 0).is_err());
             prop_assert!(v.verify(&dots, 0).is_err());
         }
