@@ -227,10 +227,11 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         quic_failures = 0;
         let started = Instant::now();
         let mut current = session.transport();
-        tracing::info!(connection = session.connection_id, stub = %config.stub, fingerprint = %identity.fingerprint, transport = %current, "connected to stub");
+        // Ready before the log line says so: whoever reads the line may probe at once.
         readiness.set(true);
         agent_metrics.set_link(Some(session.link().clone()));
         agent_metrics.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(connection = session.connection_id, stub = %config.stub, fingerprint = %identity.fingerprint, transport = %current, "connected to stub");
         let mut stop = CancellationToken::new();
         let mut serving = tokio::spawn(session::serve(session, forwarder.clone(), stop.clone(), config.grace));
         // New certificate files the stub has not accepted yet, and when to try them again.
