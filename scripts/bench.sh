@@ -91,14 +91,19 @@ data = json.load(open(path)); data[key] = value; json.dump(data, open(path, "w")
 PY
 }
 
+# A stub on loopback (kernel-chosen ports); sets stub_pid, quic_port and https_port.
+loopback_stub() {
+  start stub "$tether" stub --certs "$certs" --quic-listen 127.0.0.1:0 --https-listen 127.0.0.1:0 --audit-log off \
+    --max-requests-per-user 0
+  stub_pid=$started
+  line=$(wait_log stub "stub listening")
+  quic_port=$(echo "$line" | field quic | sed 's/.*://')
+  https_port=$(echo "$line" | field https | sed 's/.*://')
+}
+
 # ---- 3. memory (loopback) ------------------------------------------------------------------
 log "memory: 1,000 simulated agents against one stub"
-start stub "$tether" stub --certs "$certs" --quic-listen 127.0.0.1:0 --https-listen 127.0.0.1:0 --audit-log off \
-  --max-requests-per-user 0
-stub_pid=$started
-line=$(wait_log stub "stub listening")
-quic_port=$(echo "$line" | field quic | sed 's/.*://')
-https_port=$(echo "$line" | field https | sed 's/.*://')
+loopback_stub
 "$tether" bench --agents 1000 --certs "$certs" --stub "127.0.0.1:$quic_port" --server-name localhost \
   --stub-pid "$stub_pid" -d 1s --json --quiet >"$work/swarm.json"
 record swarm "$(cat "$work/swarm.json")"
@@ -106,12 +111,7 @@ record swarm "$(cat "$work/swarm.json")"
 stop "$stub_pid"
 
 log "memory: 1,000 held watches through one agent connection"
-start stub "$tether" stub --certs "$certs" --quic-listen 127.0.0.1:0 --https-listen 127.0.0.1:0 --audit-log off \
-  --max-requests-per-user 0
-stub_pid=$started
-line=$(wait_log stub "stub listening")
-quic_port=$(echo "$line" | field quic | sed 's/.*://')
-https_port=$(echo "$line" | field https | sed 's/.*://')
+loopback_stub
 start agent "$tether" agent --certs "$certs" --cluster dev --name agent-0 --stub "localhost:$quic_port" \
   --upstream "http://127.0.0.1:$target_port"
 agent_pid=$started

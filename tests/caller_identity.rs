@@ -209,18 +209,8 @@ type WebSocket = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStr
 
 /// Opens a WebSocket to the upstream's `/ws` echo through the tunnel, as `user`.
 async fn open_websocket(t: &Tunnel, user: &str) -> WebSocket {
-    let roots =
-        tether::identity::tls::roots(&tether::identity::files::load_certs(&t.pki.dir.ca_cert()).unwrap()).unwrap();
-    let mut tls = rustls::ClientConfig::builder_with_provider(tether::identity::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let addr = t.stub.url.trim_start_matches("https://").to_owned();
-    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let server_name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls)).connect(server_name, tcp).await.unwrap();
+    let stream = support::front_door_tls(&t.pki, &t.stub).await;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut request = format!("wss://{addr}/clusters/dev/ws").into_client_request().unwrap();
     let token = t.pki.token(user, &[], &["dev"]);

@@ -95,22 +95,6 @@ async fn a_hostile_agent_cannot_hurt_the_stub_with_bad_frames() {
     assert_eq!(call(&client, "GET", &echo, "").await.0, 200);
 }
 
-/// A TLS connection to the front door (HTTP/1.1 by ALPN).
-async fn front_tls(pki: &Pki, stub: &StubProc) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let roots =
-        tether::identity::tls::roots(&tether::identity::files::load_certs(&pki.dir.ca_cert()).unwrap()).unwrap();
-    let mut tls = rustls::ClientConfig::builder_with_provider(tether::identity::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let addr = stub.url.trim_start_matches("https://").to_owned();
-    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls)).connect(name, tcp).await.unwrap()
-}
-
 /// Reads until the server closes (or `limit` passes); returns what was read.
 async fn read_until_closed(stream: &mut (impl tokio::io::AsyncRead + Unpin), limit: Duration) -> Vec<u8> {
     let mut out = Vec::new();
@@ -128,7 +112,7 @@ async fn slow_loris_and_header_floods_are_cut_off_quickly() {
 
     // Slow-loris: headers a byte at a time, never finished. Closed after the header timeout.
     let started = Instant::now();
-    let mut slow = front_tls(&pki, &stub).await;
+    let mut slow = support::front_door_tls(&pki, &stub).await;
     slow.write_all(b"GET /clusters/dev/echo HTTP/1.1\r\nhost: stub\r\n").await.unwrap();
     let trickle = async {
         for _ in 0..100 {
@@ -145,7 +129,7 @@ async fn slow_loris_and_header_floods_are_cut_off_quickly() {
 
     // A header flood: 4 MiB of one header. Refused with 431 (or closed), memory bounded.
     let before = stub.proc.peak_rss();
-    let mut flood = front_tls(&pki, &stub).await;
+    let mut flood = support::front_door_tls(&pki, &stub).await;
     flood.write_all(b"GET /clusters/dev/echo HTTP/1.1\r\nhost: stub\r\nx-flood: ").await.unwrap();
     let chunk = vec![b'a'; 64 * 1024];
     for _ in 0..64 {

@@ -112,13 +112,10 @@ async fn over_tcp_a_rolling_sigterm_restart_fails_no_request() {
         assert_eq!(agent.count("drained: no new requests"), 1, "{}", agent.log());
         *agent = tcp_agent(&pki, &stub, &name, &upstream);
         agent.wait_for("connected to stub").await;
-        let before = outcomes.ok.load(Ordering::SeqCst);
-        outcomes.wait_ok(before + 50).await;
+        outcomes.wait_more(50).await;
     }
     stop_load(&outcomes, load).await;
-    let errors = outcomes.errors.lock().unwrap().clone();
-    assert!(errors.is_empty(), "{} failed requests: {errors:#?}", errors.len());
-    assert_eq!(outcomes.cut.load(Ordering::SeqCst), 0);
+    outcomes.assert_all_served();
 }
 
 /// A stand-in for a network between agent and stub: TCP to `port` is passed to the stub's TCP

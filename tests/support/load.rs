@@ -22,6 +22,19 @@ pub struct Outcomes {
 }
 
 impl Outcomes {
+    /// Waits (bounded) for `n` more successful requests from now.
+    pub async fn wait_more(&self, n: usize) {
+        let before = self.ok.load(Ordering::SeqCst);
+        self.wait_ok(before + n).await;
+    }
+
+    /// Asserts that no request failed and no response was cut off.
+    pub fn assert_all_served(&self) {
+        let errors = self.errors.lock().unwrap().clone();
+        assert!(errors.is_empty(), "{} failed requests: {errors:#?}", errors.len());
+        assert_eq!(self.cut.load(Ordering::SeqCst), 0, "no response was cut off");
+    }
+
     pub async fn wait_ok(&self, n: usize) {
         let deadline = tokio::time::Instant::now() + super::PATIENCE;
         loop {

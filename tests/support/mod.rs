@@ -381,6 +381,22 @@ pub fn front_client_with(pki: &Pki, h2: bool, identity: Option<(&Path, &Path)>, 
     FrontClient { client: client.build(connector), token }
 }
 
+/// A raw TLS connection to the stub's front door, speaking HTTP/1.1 by ALPN, for tests that
+/// write the bytes themselves (upgrades, slow or flooding clients).
+pub async fn front_door_tls(pki: &Pki, stub: &StubProc) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let roots =
+        tether::identity::tls::roots(&tether::identity::files::load_certs(&pki.dir.ca_cert()).unwrap()).unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(tether::identity::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(stub.url.trim_start_matches("https://")).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(name, tcp).await.unwrap()
+}
+
 /// Sends a request with a body and collects the whole response.
 pub async fn call(
     client: &FrontClient,
