@@ -118,19 +118,15 @@ impl Registry {
     pub fn pick(&self, cluster: &str, excluding: Option<u64>, limit: usize) -> Pick {
         let clusters = self.lock();
         let Some(links) = clusters.get(cluster) else { return Pick::NoLink };
-        let routable: Vec<&Arc<AgentLink>> = links
-            .iter()
-            .filter(|l| Some(l.id) != excluding)
-            .filter(|l| !l.draining.load(Ordering::Relaxed) && !l.link.is_closed())
-            .collect();
-        // Ties (often: all idle) go round-robin, so sequential requests spread over the replicas.
-        let start = self.next_pick.fetch_add(1, Ordering::Relaxed);
-        let n = routable.len();
-        let Some(least) = (0..n).map(|i| routable[(start + i) % n.max(1)]).min_by_key(|l| l.in_flight()) else {
-            return Pick::NoLink;
-        };
+        let routable =
+            |l: &&Arc<AgentLink>| Some(l.id) != excluding && !l.draining.load(Ordering::Relaxed) && !l.link.is_closed();
+        // Ties (often: all idle) go round-robin, so sequential requests spread over the replicas:
+        // the scan starts one link further each time. No allocation on this per-request path.
+        let start = self.next_pick.fetch_add(1, Ordering::Relaxed) % links.len().max(1);
+        let rotated = links[start..].iter().chain(&links[..start]);
+        let Some(least) = rotated.filter(routable).min_by_key(|l| l.in_flight()) else { return Pick::NoLink };
         if limit != 0 && least.in_flight() >= limit {
-            return Pick::Full { connections: routable.len() };
+            return Pick::Full { connections: links.iter().filter(routable).count() };
         }
         // Counted while the registry lock is held, so two requests cannot both take the last slot.
         least.in_flight.fetch_add(1, Ordering::Relaxed);

@@ -227,6 +227,10 @@ impl H2Link {
         self.0.reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    pub fn is_closed(&self) -> bool {
+        self.0.ended.is_cancelled()
+    }
+
     pub async fn closed(&self) {
         self.0.ended.cancelled().await;
     }

@@ -127,8 +127,12 @@ impl Link {
         }
     }
 
+    /// Whether the link has ended (cheap: asked for every request routed).
     pub fn is_closed(&self) -> bool {
-        self.close_reason().is_some()
+        match self {
+            Link::Quic(c) => c.close_reason().is_some(),
+            Link::Tcp(l) => l.is_closed(),
+        }
     }
 
     /// Completes when the link has ended.
