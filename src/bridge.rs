@@ -1,7 +1,8 @@
-//! Between HTTP and QUIC streams, for both ends of the tunnel: the body type, which headers
-//! cross the tunnel (never hop-by-hop ones), and raw body bytes flowing from an HTTP body into a
-//! QUIC send stream or out of a QUIC receive stream into an HTTP body, one chunk at a time.
-//! Nothing here buffers a whole body: QUIC flow control pushes back on a slow reader.
+//! Between HTTP and tunnel streams, for both ends of the tunnel: the body type, which headers
+//! cross the tunnel (never hop-by-hop ones), raw body bytes flowing from an HTTP body into a
+//! send stream or out of a receive stream into an HTTP body, one chunk at a time, and the raw
+//! pipe after an upgrade. Nothing here buffers a whole body: the transport's flow control
+//! pushes back on a slow reader.
 
 use crate::transport::{RecvHalf, SendHalf};
 use bytes::Bytes;
@@ -140,22 +141,6 @@ where
     }
 }
 
-/// An error and its sources, `outer: inner: root`, for messages a person reads.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        let inner_text = inner.to_string();
-        // Some errors repeat their source in their own message.
-        if !text.contains(&inner_text) {
-            text.push_str(": ");
-            text.push_str(&inner_text);
-        }
-        source = inner.source();
-    }
-    text
-}
-
 /// Why a body could not be moved into a stream.
 #[derive(Debug, thiserror::Error)]
 pub enum PumpError {
@@ -189,36 +174,61 @@ where
     Ok(moved)
 }
 
+/// Where the chunks of a body come from (a receive stream, or one watched for stalls).
+pub trait ChunkSource: Send + 'static {
+    /// The next chunk; `None` at the end. After an error the body ends.
+    fn next_chunk(&mut self) -> impl Future<Output = Option<Result<Bytes, BoxError>>> + Send;
+}
+
+/// The HTTP body of the chunks `source` gives, one data frame each. The source lives as long as
+/// the body and is dropped at its end, after an error, or with the body.
+pub fn body_from<S: ChunkSource>(source: S) -> Body {
+    let frames = futures_util::stream::unfold(Some(source), |source| async move {
+        let mut source = source?;
+        match source.next_chunk().await? {
+            Ok(chunk) => Some((Ok(hyper::body::Frame::data(chunk)), Some(source))),
+            Err(e) => Some((Err(e), None)),
+        }
+    });
+    StreamBody::new(frames).boxed_unsync()
+}
+
 /// The raw bytes left on `recv` as an HTTP body. `keep` lives exactly as long as the body (an
 /// in-flight counter, a cancellation guard). A stream reset by the peer becomes a body error,
 /// so the HTTP side aborts instead of presenting a truncated body as complete. If the body is
 /// dropped before the end, the stream is stopped with [`AppCode::Cancelled`].
 pub fn recv_body<K: Send + 'static>(recv: RecvHalf, keep: K) -> Body {
-    let state = (StopOnDrop(Some(recv)), keep);
-    let stream = futures_util::stream::unfold(state, |(mut recv, keep)| async move {
-        let stream = recv.0.as_mut()?;
-        match stream.read_chunk().await {
-            Ok(Some(chunk)) => Some((Ok(hyper::body::Frame::data(chunk)), (recv, keep))),
+    body_from(StreamSource { recv: Some(recv), _keep: keep })
+}
+
+/// A receive stream as a [`ChunkSource`]; stopped with a code the peer can log if dropped
+/// before its end.
+struct StreamSource<K> {
+    recv: Option<RecvHalf>,
+    _keep: K,
+}
+
+impl<K: Send + 'static> ChunkSource for StreamSource<K> {
+    async fn next_chunk(&mut self) -> Option<Result<Bytes, BoxError>> {
+        let recv = self.recv.as_mut()?;
+        match recv.read_chunk().await {
+            Ok(Some(chunk)) => Some(Ok(chunk)),
+            // Fully read: nothing to stop.
             Ok(None) => {
-                // Fully read: nothing to stop.
-                let _finished = recv.0.take();
+                self.recv = None;
                 None
             }
             Err(e) => {
-                let _failed = recv.0.take();
-                Some((Err(BoxError::from(e)), (recv, keep)))
+                self.recv = None;
+                Some(Err(BoxError::from(e)))
             }
         }
-    });
-    StreamBody::new(stream).boxed_unsync()
+    }
 }
 
-/// Stops a receive stream that is dropped before its end, with a code the peer can log.
-struct StopOnDrop(Option<RecvHalf>);
-
-impl Drop for StopOnDrop {
+impl<K> Drop for StreamSource<K> {
     fn drop(&mut self) {
-        if let Some(mut recv) = self.0.take() {
+        if let Some(mut recv) = self.recv.take() {
             recv.stop(AppCode::Cancelled);
         }
     }

@@ -4,38 +4,45 @@
 //! An **agent** in each cluster dials out to the hub's **stub** over QUIC with mutual TLS. The
 //! stub takes ordinary Kubernetes API requests on its HTTPS front door and hands each one to its
 //! own QUIC stream on a connection of the right cluster's agent, which forwards it to its API
-//! server. See `DESIGN.md` in the shared notes for the whole picture.
+//! server. `docs/design.md` in the repository has the whole picture.
 //!
-//! Where things live:
-//! - [`wire`]: the protocol between agent and stub (frames, stream I/O, error codes).
-//! - [`identity`]: CA and certificates, fingerprints, the whitelist, TLS configurations.
-//! - [`quic`]: QUIC endpoints and transport tuning.
-//! - [`transport`]: a link over QUIC or the TCP fallback (TLS + HTTP/2), and its streams.
-//! - [`kubeconfig`]: the kubeconfig a user gets to reach a cluster through the stub.
-//! - [`bridge`]: HTTP messages to and from QUIC streams (headers, streaming bodies).
-//! - [`stub`]: the hub side (agent listener, registry, HTTPS front door, forwarding).
-//! - [`agent`]: the cluster side (dial loop, session, forwarding to the API server).
-//! - [`status`]: errors as Kubernetes `Status` JSON.
-//! - [`admin`]: `/healthz`, `/readyz` and `/metrics` on the admin listener.
-//! - [`metrics`]: the Prometheus text format.
-//! - [`register`]: the manifest that installs an agent in a cluster.
+//! Where things live, from the ground up: a module uses only those above it in this list, and
+//! the agent never uses the stub (`tests/layering.rs` holds the code to this).
 //! - [`shutdown`]: SIGINT and SIGTERM as one future.
 //! - [`fd_limit`]: the open-file limit raised for thousands of connections.
+//! - [`wire`]: the protocol between agent and stub (frames, stream I/O, error codes).
+//! - [`identity`]: CA and certificates, fingerprints, the whitelist, TLS configurations, tokens
+//!   and the one authorization decision.
+//! - [`errors`]: an error and its sources as one line.
+//! - [`accept`]: the one accept loop of every TCP listener.
+//! - [`transport`]: a connection over QUIC or the TCP fallback, its streams, dialing and
+//!   listening, and plain words for refusals.
+//! - [`metrics`]: the Prometheus text format.
+//! - [`bridge`]: HTTP messages to and from tunnel streams (headers, streaming bodies, pipes).
+//! - [`status`]: errors as Kubernetes `Status` JSON.
+//! - [`admin`]: `/healthz`, `/readyz` and `/metrics` on the admin listener.
+//! - [`stub`]: the hub side (agent listener, registry, front door, admission, forwarding).
+//! - [`agent`]: the cluster side (dial loop, session, forwarding to the API server).
+//! - [`kubeconfig`]: the kubeconfig a user gets to reach a cluster through the stub.
+//! - [`register`]: the manifest that installs an agent in a cluster.
 //! - [`bench`]: the load harness (`tether bench`).
-//! - [`config`]: flags from a TOML file (`--config`).
 //! - [`link`]: an emulated bad link (loss, delay, jitter, rate) for tests and benchmarks.
+//! - [`config`]: flags from a TOML file (`--config`).
+//! - [`cli`]: the command line, one module per command.
 
+pub mod accept;
 pub mod admin;
 pub mod agent;
 pub mod bench;
 pub mod bridge;
+pub mod cli;
 pub mod config;
+pub mod errors;
 pub mod fd_limit;
 pub mod identity;
 pub mod kubeconfig;
 pub mod link;
 pub mod metrics;
-pub mod quic;
 pub mod register;
 pub mod shutdown;
 pub mod status;

@@ -1,11 +1,13 @@
 //! Metrics in the Prometheus text exposition format (version 0.0.4), written by hand: counters and
-//! histograms keyed by label values, and a writer for the text. The stub's and the agent's own
-//! metrics are in `stub::metrics` and `agent::metrics`; both are served at `/metrics` on the admin
-//! listener.
+//! histograms keyed by label values, a writer for the text, and the path figures of QUIC
+//! connections that stub and agent both show. The stub's and the agent's own metrics are in
+//! `stub::metrics` and `agent::metrics`; both are served at `/metrics` on the admin listener.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
+
+use crate::transport::PathStats;
 
 /// Escapes a label value: backslash, double quote and newline, as the format asks.
 pub fn escape(value: &str) -> String {
@@ -149,6 +151,27 @@ impl HistogramVec {
             labels.pop();
             text.sample(&format!("{name}_sum"), &labels, h.sum);
             text.sample(&format!("{name}_count"), &labels, h.count as f64);
+        }
+    }
+}
+
+/// Reads one figure of a connection's path.
+type PathFigure = fn(&PathStats) -> f64;
+
+/// The path of each QUIC connection as quinn measures it (RTT, congestion window, packets sent
+/// and lost): link quality, written alike by stub (one sample per agent connection, labelled)
+/// and agent (its connection in use, no labels).
+pub fn render_paths(text: &mut Text, paths: &[(Vec<(&str, &str)>, PathStats)]) {
+    let families: [(&str, &str, &str, PathFigure); 4] = [
+        ("tether_link_rtt_seconds", "gauge", "Smoothed round-trip time of a QUIC connection.", |p| p.rtt.as_secs_f64()),
+        ("tether_link_cwnd_bytes", "gauge", "Congestion window of a QUIC connection.", |p| p.cwnd as f64),
+        ("tether_link_sent_packets_total", "counter", "Packets sent on a QUIC connection.", |p| p.sent_packets as f64),
+        ("tether_link_lost_packets_total", "counter", "Packets lost on a QUIC connection.", |p| p.lost_packets as f64),
+    ];
+    for (name, kind, help, figure) in families {
+        text.family(name, kind, help);
+        for (labels, stats) in paths {
+            text.sample(name, labels, figure(stats));
         }
     }
 }

@@ -7,20 +7,71 @@
 
 use base64::Engine;
 
+use crate::identity::certs::{self, CertError};
+use crate::identity::files::{self, CertDir, FileError};
+use crate::identity::fingerprint::Fingerprint;
+use crate::identity::names::{self, InvalidName};
 use crate::kubeconfig::quoted as q;
 
-/// What goes into the manifest.
-pub struct Registration<'a> {
-    pub namespace: &'a str,
-    pub cluster: &'a str,
-    pub name: &'a str,
+/// Where and how the agent is to run: what an admin gives `tether register`.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub namespace: String,
+    pub cluster: String,
+    /// The agent name (both replicas share its certificate).
+    pub name: String,
     /// The stub's QUIC address, HOST:PORT, as the agent will dial it.
-    pub stub: &'a str,
-    pub image: &'a str,
-    pub ca_pem: &'a str,
-    pub cert_pem: &'a str,
-    pub key_pem: &'a str,
-    pub issuer_pub_pem: &'a str,
+    pub stub: String,
+    pub image: String,
+}
+
+/// What goes into the manifest: the target and the files the agent's Secret carries.
+pub struct Registration {
+    pub target: Target,
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub issuer_pub_pem: String,
+}
+
+/// Why the manifest could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    /// The namespace is not a valid name.
+    #[error(transparent)]
+    Name(#[from] InvalidName),
+    /// The agent certificate could not be issued or whitelisted.
+    #[error(transparent)]
+    Cert(#[from] CertError),
+    /// A file the Secret carries could not be read.
+    #[error(transparent)]
+    File(#[from] FileError),
+}
+
+impl Registration {
+    /// Issues the agent's certificate in `dir` if it has none yet (or reuses it), makes sure its
+    /// fingerprint is in the whitelist, and reads every file the manifest carries.
+    pub fn prepare(dir: &CertDir, target: Target) -> Result<(Registration, Fingerprint), RegisterError> {
+        names::validate("namespace", &target.namespace)?;
+        let (cluster, name) = (&target.cluster, &target.name);
+        let cert = dir.agent_cert(cluster, name);
+        let fingerprint = if cert.exists() {
+            certs::register_in_dir(dir, cluster, name, &cert)?.0
+        } else {
+            certs::agent_in_dir(dir, cluster, name, 365, false, true)?.0
+        };
+        let registration = Registration {
+            ca_pem: files::load_text(&dir.ca_cert(), "cannot read the CA certificate")?,
+            cert_pem: files::load_text(&cert, "cannot read the agent certificate")?,
+            key_pem: files::load_text(&dir.agent_key(cluster, name), "cannot read the agent key")?,
+            issuer_pub_pem: files::load_text(
+                &dir.issuer_pub(),
+                "cannot read the issuer public key (run `tether certs issuer`)",
+            )?,
+            target,
+        };
+        Ok((registration, fingerprint))
+    }
 }
 
 /// Port of the agent's admin listener (probes).
@@ -30,18 +81,19 @@ fn b64(text: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(text)
 }
 
-impl Registration<'_> {
+impl Registration {
     /// The manifest, as YAML documents.
     pub fn render(&self) -> String {
-        let ns = q(self.namespace);
+        let target = &self.target;
+        let ns = q(&target.namespace);
         let args = [
             "agent",
             "--cluster",
-            self.cluster,
+            &target.cluster,
             "--name",
-            self.name,
+            &target.name,
             "--stub",
-            self.stub,
+            &target.stub,
             "--in-cluster",
             "--cert",
             "/etc/tether/agent.crt",
@@ -179,15 +231,15 @@ spec:
           secretName: tether-agent
           defaultMode: 0440
 "#,
-            cluster = self.cluster,
-            stub = self.stub,
-            cert = b64(self.cert_pem),
-            key = b64(self.key_pem),
-            ca = b64(self.ca_pem),
-            issuer = b64(self.issuer_pub_pem),
-            image = q(self.image),
+            cluster = target.cluster,
+            stub = target.stub,
+            cert = b64(&self.cert_pem),
+            key = b64(&self.key_pem),
+            ca = b64(&self.ca_pem),
+            issuer = b64(&self.issuer_pub_pem),
+            image = q(&target.image),
             // Cluster-scoped, so named after the namespace: two installs never share them.
-            role = q(&format!("tether:{}:impersonator", self.namespace)),
+            role = q(&format!("tether:{}:impersonator", target.namespace)),
             args = args.join(", "),
         )
     }

@@ -120,9 +120,9 @@ async fn a_client_without_a_certificate_gets_no_connection() {
         .with_root_certificates(tether::identity::tls::roots(&ca).unwrap())
         .with_no_client_auth();
     tls.alpn_protocols = vec![tether::wire::ALPN.to_vec()];
-    let tuning = tether::quic::Tuning::default();
-    let endpoint = tether::quic::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
-    let config = tether::quic::client_config(tls, &tuning).unwrap();
+    let tuning = tether::transport::quic::Tuning::default();
+    let endpoint = tether::transport::quic::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    let config = tether::transport::quic::client_config(tls, &tuning).unwrap();
     let conn = endpoint.connect_with(config, stub.quic.parse().unwrap(), "localhost").unwrap().await;
     // TLS 1.3: our side may finish before the stub judges us; the refusal then arrives on the
     // first stream operation.
@@ -135,7 +135,7 @@ async fn a_client_without_a_certificate_gets_no_connection() {
             conn.close_reason().expect("the stub closed the connection")
         }
     };
-    let explained = tether::agent::session::explain(&err);
+    let explained = tether::transport::explain::closed(&err);
     assert!(explained.contains("requires a client certificate"), "{explained}");
     assert_nothing_reached(&pki, &stub, &upstream, "dev").await;
     let _ = Arc::new(endpoint);

@@ -21,9 +21,9 @@ async fn hostile_connection(pki: &Pki, stub: &StubProc, cluster: &str, name: &st
     let ca = files::load_certs(&pki.dir.ca_cert()).unwrap();
     let chain = files::load_certs(&pki.dir.agent_cert(cluster, name)).unwrap();
     let key = files::load_key(&pki.dir.agent_key(cluster, name)).unwrap();
-    let tls = tether::identity::tls::agent_quic(&ca, chain, key).unwrap();
-    let config = tether::quic::client_config(tls, &tether::quic::Tuning::default()).unwrap();
-    let endpoint = tether::quic::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    let tls = tether::identity::tls::agent_dialer(&ca, chain, key).unwrap();
+    let config = tether::transport::quic::client_config(tls, &tether::transport::quic::Tuning::default()).unwrap();
+    let endpoint = tether::transport::quic::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.connect_with(config, stub.quic.parse().unwrap(), "localhost").unwrap().await.unwrap()
 }
 

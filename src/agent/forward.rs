@@ -9,14 +9,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::transport::{RecvHalf, SendHalf};
 use http::{HeaderValue, Request, StatusCode};
 use tracing::Instrument;
 
 use super::upstream::Upstream;
 use crate::bridge::{self, PumpError};
+use crate::errors;
+use crate::identity::authorize::{Channel, Refusal};
 use crate::identity::token::{self, Claims, TokenVerifier};
 use crate::status;
+use crate::transport::{RecvHalf, SendHalf};
 use crate::wire::codes::AppCode;
 use crate::wire::frame::{Header, RequestHead, ResponseHead};
 use crate::wire::io::{WireError, read_frame_within, write_frame};
@@ -64,18 +66,17 @@ pub async fn serve_stream(forwarder: Arc<Forwarder>, mut send: SendHalf, mut rec
     .await
 }
 
-/// The caller's verified identity, or the status and message to refuse it with.
+/// The caller's verified identity, or the status and message to refuse it with: the same
+/// decision as the stub's ([`TokenVerifier::authorize`]), made again here.
 fn authenticate(forwarder: &Forwarder, head: &RequestHead) -> Result<Claims, (StatusCode, String)> {
     let token = head.credential.as_deref().ok_or((StatusCode::UNAUTHORIZED, "no caller credential".to_owned()))?;
-    let claims = forwarder
-        .tokens
-        .verify(token, token::unix_now())
-        .map_err(|e| (StatusCode::UNAUTHORIZED, format!("the agent refused the caller's token: {e}")))?;
-    if !claims.allows_cluster(&forwarder.cluster) {
-        let message = format!("user {:?} may not reach cluster {:?}", claims.sub, forwarder.cluster);
-        return Err((StatusCode::FORBIDDEN, message));
-    }
-    Ok(claims)
+    forwarder.tokens.authorize(token, token::unix_now(), &forwarder.cluster, Channel::Tunnel).map_err(|refusal| {
+        let message = match &refusal {
+            Refusal::Token(e) => format!("the agent refused the caller's token: {e}"),
+            other => other.to_string(),
+        };
+        (refusal.status(), message)
+    })
 }
 
 /// Removes every header by which a caller could speak for someone at the API server: its own
@@ -148,7 +149,7 @@ async fn forward(forwarder: &Forwarder, claims: &Claims, head: RequestHead, mut 
     let mut response = match response {
         Ok(r) => r,
         Err(e) => {
-            let chain = bridge::error_chain(&*e);
+            let chain = errors::chain(&*e);
             tracing::warn!(error = chain, upstream = upstream.url(), "upstream request failed");
             let message = format!("the agent could not reach its API server: {chain}");
             return respond_error(&forwarder.metrics, &mut send, StatusCode::BAD_GATEWAY, &message).await;

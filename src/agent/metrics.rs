@@ -5,8 +5,8 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use crate::metrics::{CounterVec, DURATION_BUCKETS, HistogramVec, Text};
-use crate::transport::Link;
+use crate::metrics::{self, CounterVec, DURATION_BUCKETS, HistogramVec, Text};
+use crate::transport::Connection;
 
 #[derive(Debug)]
 pub struct AgentMetrics {
@@ -17,7 +17,7 @@ pub struct AgentMetrics {
     pub in_flight: AtomicI64,
     pub connections: AtomicU64,
     /// The connection in use (the newest, while an old one drains).
-    pub link: Mutex<Option<Link>>,
+    pub connection: Mutex<Option<Connection>>,
 }
 
 impl Default for AgentMetrics {
@@ -27,7 +27,7 @@ impl Default for AgentMetrics {
             upstream: HistogramVec::new(&[], DURATION_BUCKETS),
             in_flight: AtomicI64::new(0),
             connections: AtomicU64::new(0),
-            link: Mutex::new(None),
+            connection: Mutex::new(None),
         }
     }
 }
@@ -49,15 +49,16 @@ impl Drop for InFlight {
 }
 
 impl AgentMetrics {
-    pub fn set_link(&self, link: Option<Link>) {
-        *self.link.lock().unwrap_or_else(|e| e.into_inner()) = link;
+    /// The connection in use now (`None` while disconnected).
+    pub fn set_connection(&self, connection: Option<Connection>) {
+        *self.connection.lock().unwrap_or_else(|e| e.into_inner()) = connection;
     }
 
     pub fn render(&self, ready: bool) -> String {
         let mut text = Text::default();
-        let link = self.link.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let connection = self.connection.lock().unwrap_or_else(|e| e.into_inner()).clone();
         text.family("tether_agent_connected", "gauge", "1 while connected to the stub and welcomed, by transport.");
-        let transport = link.as_ref().map(|l| l.transport().to_string()).unwrap_or_else(|| "none".into());
+        let transport = connection.as_ref().map(|c| c.transport().to_string()).unwrap_or_else(|| "none".into());
         text.sample("tether_agent_connected", &[("transport", &transport)], if ready { 1.0 } else { 0.0 });
         text.family("tether_agent_connections_total", "counter", "Connections to the stub welcomed since start.");
         text.sample("tether_agent_connections_total", &[], self.connections.load(Ordering::Relaxed) as f64);
@@ -69,29 +70,8 @@ impl AgentMetrics {
             "tether_agent_upstream_seconds",
             "From sending a request to the API server to its response head.",
         );
-        if let Some(Link::Quic(conn)) = &link {
-            let stats = conn.stats();
-            let samples = [
-                (
-                    "tether_link_rtt_seconds",
-                    "gauge",
-                    "Smoothed RTT of the QUIC connection.",
-                    stats.path.rtt.as_secs_f64(),
-                ),
-                (
-                    "tether_link_cwnd_bytes",
-                    "gauge",
-                    "Congestion window of the QUIC connection.",
-                    stats.path.cwnd as f64,
-                ),
-                ("tether_link_sent_packets_total", "counter", "Packets sent.", stats.path.sent_packets as f64),
-                ("tether_link_lost_packets_total", "counter", "Packets lost.", stats.path.lost_packets as f64),
-            ];
-            for (name, kind, help, value) in samples {
-                text.family(name, kind, help);
-                text.sample(name, &[], value);
-            }
-        }
+        let path = connection.as_ref().and_then(Connection::path_stats);
+        metrics::render_paths(&mut text, &path.map(|stats| (Vec::new(), stats)).into_iter().collect::<Vec<_>>());
         text.into_string()
     }
 }

@@ -18,6 +18,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio_util::sync::CancellationToken;
 
 use crate::bridge::{self, Body};
 
@@ -79,18 +80,18 @@ pub async fn serve(addr: SocketAddr, shutdown: impl std::future::Future<Output =
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "bench target listening (/small, /list, /watch, /upload)");
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (tcp, _) = tokio::select! {
-            accepted = listener.accept() => accepted?,
-            _ = &mut shutdown => return Ok(()),
-        };
-        let _ = tcp.set_nodelay(true);
+    let stop = CancellationToken::new();
+    let serving = crate::accept::accept_loop(listener, stop.clone(), "bench target", |tcp, _| {
         let builder = builder.clone();
         tokio::spawn(async move {
             let _ = builder.serve_connection(TokioIo::new(tcp), service_fn(route)).await;
         });
-    }
+    });
+    tokio::join!(serving, async {
+        shutdown.await;
+        stop.cancel();
+    });
+    Ok(())
 }
 
 #[cfg(test)]

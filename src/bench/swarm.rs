@@ -19,7 +19,8 @@ use crate::identity::certs::{Signer, Validity};
 use crate::identity::files::{self, CertDir, Mode};
 use crate::identity::tls;
 use crate::identity::whitelist::{Entry, Whitelist};
-use crate::quic::{self, Tuning};
+use crate::transport::explain;
+use crate::transport::quic::{self, Tuning};
 
 /// What `tether bench --agents` needs.
 #[derive(Debug, Clone)]
@@ -95,11 +96,12 @@ async fn connect(
         }
         let connecting = endpoint.connect_with(client.clone(), addr, &config.server_name).map_err(|e| e.to_string())?;
         match connecting.await {
-            Ok(conn) => match session::establish(crate::transport::Link::Quic(conn), &config.cluster, name).await {
+            Ok(conn) => match session::establish(crate::transport::Connection::Quic(conn), &config.cluster, name).await
+            {
                 Ok(session) => return Ok(session),
                 Err(reason) => last = reason,
             },
-            Err(e) => last = session::explain(&e),
+            Err(e) => last = explain::closed(&e),
         }
     }
     Err(last)
@@ -128,7 +130,7 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<SwarmReport> {
         let name = format!("sim-{i:05}");
         let minted = signer.issue_agent(&config.cluster, &name, Validity::days(1))?;
         let key = files::parse_key(&dir.ca_key(), minted.key_pem.as_bytes())?;
-        let client = quic::client_config(tls::agent_quic(&ca, vec![minted.der.clone()], key)?, &Tuning::default())?;
+        let client = quic::client_config(tls::agent_dialer(&ca, vec![minted.der.clone()], key)?, &Tuning::default())?;
         text += &format!(
             "{}\n",
             Entry { cluster: config.cluster.clone(), name: name.clone(), fingerprint: minted.fingerprint }

@@ -8,8 +8,11 @@
 //! - [`certs`]: minting the CA, stub and agent certificates and the issuer key pair (rcgen).
 //! - [`verifier`]: the rustls client-certificate verifier that checks chain *and* whitelist.
 //! - [`tls`]: rustls configurations for the QUIC listener, the agent and the front door.
-//! - [`token`]: user and service tokens (JWT, EdDSA) and their verification.
+//! - [`token`]: user and service tokens (JWT, EdDSA): minting and verification.
+//! - [`authorize`]: whether a token lets its bearer reach a cluster, decided alike by stub and
+//!   agent.
 
+pub mod authorize;
 pub mod certs;
 pub mod files;
 pub mod fingerprint;

@@ -1,5 +1,6 @@
-//! rustls configurations. One crypto provider (ring) for the whole process; TLS 1.3 only on the
-//! QUIC side (QUIC requires it), TLS 1.3 and 1.2 on the HTTPS front door for older clients.
+//! rustls configurations. One crypto provider (ring) for the whole process; TLS 1.3 only between
+//! agent and stub (QUIC requires it, and the TCP fallback uses the same configuration), TLS 1.3
+//! and 1.2 on the HTTPS front door for older clients.
 
 use std::sync::Arc;
 
@@ -50,8 +51,9 @@ pub fn roots(ca: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, TlsEr
     Ok(Arc::new(store))
 }
 
-/// The stub's QUIC TLS: its certificate, and agents verified by chain and whitelist.
-pub fn stub_quic(
+/// The stub's TLS toward agents (QUIC and the TCP fallback alike): its certificate, and agents
+/// verified by chain and whitelist.
+pub fn agent_listener(
     ca: &[CertificateDer<'static>],
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
@@ -79,9 +81,9 @@ pub fn stub_quic(
     Ok(config)
 }
 
-/// The agent's QUIC TLS: the stub must chain to the tether CA; the agent presents its own
-/// certificate.
-pub fn agent_quic(
+/// The agent's TLS toward the stub (QUIC and the TCP fallback alike): the stub must chain to
+/// the tether CA; the agent presents its own certificate.
+pub fn agent_dialer(
     ca: &[CertificateDer<'static>],
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,

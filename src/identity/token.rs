@@ -1,5 +1,5 @@
 //! User and service credentials: JWTs signed with EdDSA (Ed25519) by the issuer key, which only
-//! `tether token` (the console's role) holds. Stub and agent hold only the public key, so a
+//! `tether token` and `tether kubeconfig` (the console's role) hold: [`mint`]. Stub and agent hold only the public key, so a
 //! compromised stub cannot mint identities.
 //!
 //! Claims: `sub` (user), `groups`, `clusters` (which clusters the caller may reach), `iss` and
@@ -198,6 +198,46 @@ impl TokenIssuer {
     pub fn verifier(&self) -> TokenVerifier {
         TokenVerifier { keys: vec![self.key.public_key().as_ref().to_vec()] }
     }
+}
+
+/// What `tether token` and `tether kubeconfig` ask to be minted.
+#[derive(Debug, Clone)]
+pub struct TokenRequest<'a> {
+    /// The user name the API server will see.
+    pub user: &'a str,
+    pub groups: &'a [String],
+    /// The clusters the token lets its bearer reach.
+    pub clusters: &'a [String],
+    pub ttl: Duration,
+    /// Bind the token to this client certificate (RFC 8705).
+    pub bind_cert: Option<&'a Path>,
+}
+
+/// Why a token could not be minted.
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    /// The issuer key could not be loaded.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A cluster name is not a valid name.
+    #[error(transparent)]
+    Name(#[from] super::names::InvalidName),
+    /// The certificate to bind to could not be read.
+    #[error(transparent)]
+    BindCert(#[from] FileError),
+}
+
+/// A token signed with the issuer key of the certificate directory `dir`.
+pub fn mint(dir: &super::files::CertDir, request: &TokenRequest<'_>) -> Result<String, MintError> {
+    for cluster in request.clusters {
+        super::names::validate("cluster", cluster)?;
+    }
+    let issuer = TokenIssuer::load(&dir.issuer_key())?;
+    let mut claims = Claims::new(request.user, request.groups, request.clusters, request.ttl);
+    if let Some(cert) = request.bind_cert {
+        claims.cnf = Some(Confirmation::for_certificate(&super::certs::fingerprint_of_file(cert)?));
+    }
+    Ok(issuer.sign(&claims))
 }
 
 /// Verifies tokens; holds only the issuer's public keys. Several keys (PEM blocks one after the

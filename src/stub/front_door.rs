@@ -1,6 +1,6 @@
 //! The stub's HTTPS front door for users and services: TLS (HTTP/2 or HTTP/1.1 by ALPN), one task
-//! per connection, every request handed to [`super::forward`]. On shutdown it stops accepting and
-//! lets open connections finish within the grace period.
+//! per connection, every request handed to [`super::forward::handle`]. On shutdown it stops
+//! accepting and lets open connections finish within the grace period.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +13,10 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::{StubState, forward};
+use super::admission::Caller;
+use super::forward;
+use super::state::StubState;
+use crate::errors;
 use crate::identity::fingerprint::Fingerprint;
 
 /// A client has this long to finish the TLS handshake.
@@ -52,20 +55,7 @@ pub async fn serve(
     let acceptor = TlsAcceptor::from(tls);
     let builder = http_builder(header_timeout);
     let graceful = GracefulShutdown::new();
-    loop {
-        let (tcp, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and the like: pause instead of spinning.
-                    tracing::warn!(error = %e, "front door accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = cancel.cancelled() => break,
-        };
-        let _ = tcp.set_nodelay(true);
+    crate::accept::accept_loop(listener, cancel, "front door", |tcp, remote| {
         let acceptor = acceptor.clone();
         let builder = builder.clone();
         let state = state.clone();
@@ -78,15 +68,15 @@ pub async fn serve(
             };
             let certificate =
                 tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| Fingerprint::of_der(c));
-            let caller = Arc::new(forward::Caller { remote, certificate });
+            let caller = Arc::new(Caller { remote, certificate });
             let service = service_fn(move |req| forward::handle(state.clone(), caller.clone(), req));
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%remote, error = crate::bridge::error_chain(&*e), "front door connection ended with an error");
+                tracing::debug!(%remote, error = errors::chain(&*e), "front door connection ended with an error");
             }
         });
-    }
-    drop(listener);
+    })
+    .await;
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::info!("front door: grace period over, closing remaining connections");
     }

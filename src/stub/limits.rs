@@ -3,9 +3,9 @@
 //! reason `TooManyRequests`), so one user's flood of watches cannot take a cluster's capacity
 //! from everyone else. Upgraded connections (exec, attach, port-forward) count until they close.
 //!
-//! The per-connection count lives on each link (see [`super::registry`]); it is kept below the
-//! QUIC stream limit the agent grants (`tether agent --max-streams`), so that a full connection
-//! answers 429 at once instead of making new streams wait for a free one.
+//! The per-connection count lives on each agent connection (see [`super::registry`]); it is kept
+//! below the QUIC stream limit the agent grants (`tether agent --max-streams`), so that a full
+//! connection answers 429 at once instead of making new streams wait for a free one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -41,7 +41,7 @@ pub enum LimitError {
 
 /// A request counted against its user and cluster until dropped.
 #[derive(Debug)]
-pub struct Admitted {
+pub struct Counted {
     counters: Arc<Counters>,
     user: String,
     cluster: String,
@@ -77,7 +77,7 @@ impl Counters {
     }
 
     /// Counts a request of `user` to `cluster`, or says which limit it would exceed.
-    pub fn admit(self: &Arc<Self>, user: &str, cluster: &str) -> Result<Admitted, LimitError> {
+    pub fn admit(self: &Arc<Self>, user: &str, cluster: &str) -> Result<Counted, LimitError> {
         if !acquire(&self.users, user, self.limits.per_user) {
             return Err(LimitError::User { user: user.into(), limit: self.limits.per_user });
         }
@@ -85,11 +85,11 @@ impl Counters {
             release(&self.users, user);
             return Err(LimitError::Cluster { cluster: cluster.into(), limit: self.limits.per_cluster });
         }
-        Ok(Admitted { counters: self.clone(), user: user.into(), cluster: cluster.into() })
+        Ok(Counted { counters: self.clone(), user: user.into(), cluster: cluster.into() })
     }
 }
 
-impl Drop for Admitted {
+impl Drop for Counted {
     fn drop(&mut self) {
         release(&self.counters.users, &self.user);
         release(&self.counters.clusters, &self.cluster);

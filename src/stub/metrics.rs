@@ -4,11 +4,7 @@
 //! as quinn measures it (RTT, congestion window, packets sent and lost): link quality per agent.
 
 use super::registry::Registry;
-use crate::metrics::{CounterVec, DURATION_BUCKETS, HistogramVec, Text};
-use crate::transport::Link;
-
-/// Reads one figure of a QUIC connection's statistics.
-type LinkStat = fn(&quinn::ConnectionStats) -> f64;
+use crate::metrics::{self, CounterVec, DURATION_BUCKETS, HistogramVec, Text};
 
 /// Counters kept as requests happen; gauges are read from the registry at scrape time.
 #[derive(Debug)]
@@ -41,14 +37,14 @@ impl StubMetrics {
     /// The whole exposition.
     pub fn render(&self, registry: &Registry) -> String {
         let mut text = Text::default();
-        let links = registry.all();
+        let agents = registry.all();
 
         text.family("tether_agents_connected", "gauge", "Agent connections welcomed, by cluster and transport.");
         let mut connected = std::collections::BTreeMap::<(String, String), u64>::new();
         let mut in_flight = std::collections::BTreeMap::<String, u64>::new();
-        for link in &links {
-            *connected.entry((link.cluster.clone(), link.link.transport().to_string())).or_default() += 1;
-            *in_flight.entry(link.cluster.clone()).or_default() += link.in_flight() as u64;
+        for agent in &agents {
+            *connected.entry((agent.cluster.clone(), agent.connection.transport().to_string())).or_default() += 1;
+            *in_flight.entry(agent.cluster.clone()).or_default() += agent.in_flight() as u64;
         }
         for ((cluster, transport), n) in &connected {
             text.sample("tether_agents_connected", &[("cluster", cluster), ("transport", transport)], *n as f64);
@@ -73,36 +69,20 @@ impl StubMetrics {
         self.agent_refusals.render(&mut text, "tether_agent_refusals_total", "Agent handshakes refused, by reason.");
 
         // Link quality, per QUIC agent connection.
-        let quic: Vec<_> = links
+        let ids: Vec<String> = agents.iter().map(|a| a.id.to_string()).collect();
+        let paths: Vec<_> = agents
             .iter()
-            .filter_map(|l| match &l.link {
-                Link::Quic(c) => Some((l, c.stats())),
-                Link::Tcp(_) => None,
+            .zip(&ids)
+            .filter_map(|(agent, id)| {
+                let labels = vec![
+                    ("cluster", agent.cluster.as_str()),
+                    ("agent", agent.name.as_str()),
+                    ("connection", id.as_str()),
+                ];
+                Some((labels, agent.connection.path_stats()?))
             })
             .collect();
-        let families: [(&str, &str, &str, LinkStat); 4] = [
-            ("tether_link_rtt_seconds", "gauge", "Smoothed round-trip time of a QUIC agent connection.", |s| {
-                s.path.rtt.as_secs_f64()
-            }),
-            ("tether_link_cwnd_bytes", "gauge", "Congestion window of a QUIC agent connection.", |s| {
-                s.path.cwnd as f64
-            }),
-            ("tether_link_sent_packets_total", "counter", "Packets sent on a QUIC agent connection.", |s| {
-                s.path.sent_packets as f64
-            }),
-            ("tether_link_lost_packets_total", "counter", "Packets lost on a QUIC agent connection.", |s| {
-                s.path.lost_packets as f64
-            }),
-        ];
-        for (name, kind, help, value) in families {
-            text.family(name, kind, help);
-            for (link, stats) in &quic {
-                let id = link.id.to_string();
-                let labels =
-                    [("cluster", link.cluster.as_str()), ("agent", link.name.as_str()), ("connection", id.as_str())];
-                text.sample(name, &labels, value(stats));
-            }
-        }
+        metrics::render_paths(&mut text, &paths);
         text.into_string()
     }
 }

@@ -1,17 +1,21 @@
 //! The stub: the hub side of the tunnel.
 //!
-//! - [`agents`]: the QUIC listener; agents connect, say hello, and join the [`registry`].
+//! - [`agents`]: an agent connection (QUIC or TCP) says hello and joins the [`registry`].
 //! - [`registry`]: live agent connections per cluster and the choice of one per request.
 //! - [`front_door`]: the HTTPS listener for users and services (HTTP/1.1 and HTTP/2).
-//! - [`forward`]: one request from the front door over its own QUIC stream and back.
+//! - [`admission`]: whether a request may go on (route, token, certificate binding, cluster,
+//!   limits).
+//! - [`forward`]: an admitted request over its own stream to an agent and back.
 //! - [`route`]: `/clusters/{cluster}/{path}` -> cluster and upstream path.
 //! - [`audit`]: one JSON line per request.
-//! - [`limits`]: requests in flight per user and per cluster (429 beyond).
+//! - [`limits`]: requests in flight per user, per cluster and per connection (429 beyond).
 //! - [`metrics`]: what `/metrics` on the admin listener shows.
 //! - [`reload`]: the whitelist reloaded on change and on SIGHUP; revoked agents cut off.
 //! - [`stalled`]: responses whose caller stopped reading are dropped, so they cannot stall an
 //!   agent connection.
+//! - [`state`]: what all of these share.
 
+pub mod admission;
 pub mod agents;
 pub mod audit;
 pub mod forward;
@@ -22,6 +26,7 @@ pub mod registry;
 pub mod reload;
 pub mod route;
 pub mod stalled;
+pub mod state;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -34,13 +39,16 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin;
 use crate::identity::files::{self, CertDir};
 use crate::identity::tls;
 use crate::identity::token::TokenVerifier;
 use crate::identity::whitelist::{Whitelist, WhitelistHandle};
-use crate::quic::{self, Tuning};
+use crate::transport::listen::Listener;
+use crate::transport::quic::Tuning;
 use crate::wire::codes::AppCode;
 use audit::{AuditLog, AuditTarget};
+use state::StubState;
 
 /// What `tether stub` needs.
 #[derive(Debug, Clone)]
@@ -65,27 +73,13 @@ pub struct StubConfig {
     pub header_timeout: Duration,
 }
 
-/// State shared by the QUIC side and the front door.
-#[derive(Debug)]
-pub struct StubState {
-    pub registry: registry::Registry,
-    pub whitelist: WhitelistHandle,
-    pub tokens: TokenVerifier,
-    pub audit: AuditLog,
-    pub limits: Arc<limits::Counters>,
-    pub stalled_reader_timeout: Option<Duration>,
-    pub metrics: Arc<metrics::StubMetrics>,
-}
-
 /// A stub whose sockets are bound (so its addresses are known) but not yet serving.
 pub struct Stub {
-    endpoint: quinn::Endpoint,
-    /// The TCP fallback for agents, on the QUIC listener's address and port.
-    agent_tcp: TcpListener,
-    agent_tls: Arc<rustls::ServerConfig>,
-    idle_timeout: Duration,
-    listener: TcpListener,
+    /// Agents, over QUIC and the TCP fallback on the same port.
+    agents: Listener,
+    front_door: TcpListener,
     front_tls: Arc<rustls::ServerConfig>,
+    admin: Option<TcpListener>,
     state: Arc<StubState>,
     grace: Duration,
     header_timeout: Duration,
@@ -93,28 +87,8 @@ pub struct Stub {
     watch_whitelist: bool,
 }
 
-/// Binds the agents' port for both transports, UDP (QUIC) and TCP (the fallback), so that one
-/// firewall rule serves agents whether or not their network lets UDP through. With port 0 the
-/// kernel picks a UDP port, and another is tried if that port is taken over TCP.
-async fn bind_agent_port(addr: SocketAddr) -> anyhow::Result<(std::net::UdpSocket, TcpListener)> {
-    let mut attempts = 0;
-    loop {
-        let udp = quic::bind_udp(addr).with_context(|| format!("binding the QUIC listener on {addr} (UDP)"))?;
-        let bound = udp.local_addr().context("reading the QUIC listener's address")?;
-        match TcpListener::bind(bound).await {
-            Ok(tcp) => return Ok((udp, tcp)),
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && addr.port() == 0 && attempts < 50 => attempts += 1,
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!("binding the agents' TCP fallback listener on {bound} (the QUIC port, over TCP)")
-                });
-            }
-        }
-    }
-}
-
 impl Stub {
-    /// Loads certificates and whitelist and binds both listeners.
+    /// Loads certificates and whitelist and binds every listener.
     pub async fn bind(config: StubConfig) -> anyhow::Result<Stub> {
         let dir = &config.certs;
         let ca = files::load_certs(&dir.ca_cert())?;
@@ -127,18 +101,23 @@ impl Stub {
         let counted = stub_metrics.clone();
         let on_refusal: crate::identity::verifier::OnRefusal =
             Arc::new(move |reason| counted.agent_refusals.inc(&[reason]));
-        let quic_tls = tls::stub_quic(&ca, chain.clone(), key.clone_key(), whitelist.clone(), on_refusal.clone())?;
-        let agent_tls = Arc::new(tls::stub_quic(&ca, chain.clone(), key.clone_key(), whitelist.clone(), on_refusal)?);
-        let (udp, agent_tcp) = bind_agent_port(config.quic_listen).await?;
-        let endpoint = quic::server_endpoint(udp, quic_tls, &config.tuning)
-            .with_context(|| format!("starting the QUIC listener on {}", config.quic_listen))?;
+        let agent_tls = tls::agent_listener(&ca, chain.clone(), key.clone_key(), whitelist.clone(), on_refusal)?;
+        let agents = Listener::bind(config.quic_listen, agent_tls, &config.tuning)
+            .await
+            .context("starting the agent listener (QUIC, and the TCP fallback on the same port)")?;
         let front_tls = Arc::new(tls::front_door(&ca, chain, key)?);
         let tokens = TokenVerifier::load(&config.issuer_pub)?;
         let audit =
             AuditLog::open(&config.audit).with_context(|| format!("opening the audit log {:?}", config.audit))?;
-        let listener = TcpListener::bind(config.https_listen)
+        let front_door = TcpListener::bind(config.https_listen)
             .await
             .with_context(|| format!("binding the HTTPS listener on {}", config.https_listen))?;
+        let admin = match config.admin_listen {
+            Some(addr) => {
+                Some(TcpListener::bind(addr).await.with_context(|| format!("binding the admin listener on {addr}"))?)
+            }
+            None => None,
+        };
         let state = Arc::new(StubState {
             registry: registry::Registry::default(),
             whitelist,
@@ -148,23 +127,11 @@ impl Stub {
             stalled_reader_timeout: config.stalled_reader_timeout,
             metrics: stub_metrics,
         });
-        if let Some(addr) = config.admin_listen {
-            let readiness = crate::admin::Readiness::default();
-            readiness.set(true);
-            let scraped = state.clone();
-            let render: crate::admin::Metrics = Arc::new(move || scraped.metrics.render(&scraped.registry));
-            let bound = crate::admin::serve(addr, readiness, "not serving\n", render)
-                .await
-                .with_context(|| format!("binding the admin listener on {addr}"))?;
-            tracing::info!(admin = %bound, "admin listening (/healthz, /readyz, /metrics)");
-        }
         Ok(Stub {
-            endpoint,
-            agent_tcp,
-            agent_tls,
-            idle_timeout: config.tuning.idle_timeout,
-            listener,
+            agents,
+            front_door,
             front_tls,
+            admin,
             state,
             grace: config.grace,
             header_timeout: config.header_timeout,
@@ -173,35 +140,41 @@ impl Stub {
         })
     }
 
+    /// Where agents connect (UDP and TCP).
     pub fn quic_addr(&self) -> std::io::Result<SocketAddr> {
-        self.endpoint.local_addr()
+        self.agents.local_addr()
     }
 
     pub fn https_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.front_door.local_addr()
     }
 
-    /// Serves until `shutdown` completes, then closes agent connections with "going away" and
-    /// drains the front door.
+    pub fn admin_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.admin.as_ref().map(TcpListener::local_addr)
+    }
+
+    /// Serves until `shutdown` completes, then drains the front door and closes agent
+    /// connections with "going away".
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let agents = tokio::spawn(agents::accept_loop(
-            self.endpoint.clone(),
-            self.state.clone(),
-            cancel.clone(),
-            tracker.clone(),
-        ));
-        let agents_tcp = tokio::spawn(agents::accept_tcp_loop(
-            self.agent_tcp,
-            self.agent_tls,
-            self.state.clone(),
-            self.idle_timeout,
-            cancel.clone(),
-            tracker.clone(),
-        ));
+        if let Some(listener) = self.admin {
+            let scraped = self.state.clone();
+            let site = admin::Site {
+                readiness: admin::Readiness::ready(),
+                not_ready: "not serving\n",
+                metrics: Arc::new(move || scraped.metrics.render(&scraped.registry)),
+            };
+            tokio::spawn(admin::serve(listener, site, cancel.clone()));
+        }
+        let endpoint = self.agents.endpoint().clone();
+        let on_agent = {
+            let state = self.state.clone();
+            move |conn, fingerprint| agents::serve_agent(conn, fingerprint, state.clone())
+        };
+        let agents = tokio::spawn(self.agents.run(cancel.clone(), tracker.clone(), on_agent));
         let front = tokio::spawn(front_door::serve(
-            self.listener,
+            self.front_door,
             self.front_tls,
             self.state.clone(),
             cancel.clone(),
@@ -213,15 +186,14 @@ impl Stub {
         tracing::info!("shutting down: draining the front door, then closing agent connections");
         cancel.cancel();
         let _ = front.await;
-        self.endpoint.close(AppCode::GoingAway.varint(), b"stub shutting down");
-        for link in self.state.registry.all() {
-            link.link.close(AppCode::GoingAway, "stub shutting down");
+        endpoint.close(AppCode::GoingAway.varint(), b"stub shutting down");
+        for agent in self.state.registry.all() {
+            agent.connection.close(AppCode::GoingAway, "stub shutting down");
         }
         let _ = agents.await;
-        let _ = agents_tcp.await;
         tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         Ok(())
     }
 }

@@ -7,40 +7,46 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::identity::fingerprint::Fingerprint;
-use crate::transport::Link;
+use crate::transport::Connection;
 
 /// One welcomed agent connection.
 #[derive(Debug)]
-pub struct AgentLink {
+pub struct AgentConnection {
     pub id: u64,
     pub cluster: String,
     /// The agent name of the certificate's whitelist entry.
     pub name: String,
     pub fingerprint: Fingerprint,
     pub remote: SocketAddr,
-    pub link: Link,
+    pub connection: Connection,
     in_flight: AtomicUsize,
     draining: AtomicBool,
     /// Notified when `in_flight` drops to zero.
     idle: tokio::sync::Notify,
 }
 
-impl AgentLink {
-    pub fn new(id: u64, cluster: String, name: String, fingerprint: Fingerprint, link: Link) -> AgentLink {
-        AgentLink {
+impl AgentConnection {
+    pub fn new(
+        id: u64,
+        cluster: String,
+        name: String,
+        fingerprint: Fingerprint,
+        connection: Connection,
+    ) -> AgentConnection {
+        AgentConnection {
             id,
             cluster,
             name,
             fingerprint,
-            remote: link.remote_address(),
-            link,
+            remote: connection.remote_address(),
+            connection,
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             idle: tokio::sync::Notify::new(),
         }
     }
 
-    /// Routes nothing new to this link; its open streams finish.
+    /// Routes nothing new to this connection; its open streams finish.
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
@@ -49,7 +55,7 @@ impl AgentLink {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Completes once no request is in flight on this link (all responses fully received).
+    /// Completes once no request is in flight on this connection (all responses fully received).
     pub async fn idle(&self) {
         loop {
             let notified = self.idle.notified();
@@ -61,9 +67,9 @@ impl AgentLink {
     }
 }
 
-/// Counts a request against its link while alive.
+/// Counts a request against its agent connection while alive.
 #[derive(Debug)]
-pub struct InFlight(pub Arc<AgentLink>);
+pub struct InFlight(pub Arc<AgentConnection>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -76,19 +82,19 @@ impl Drop for InFlight {
 /// The outcome of [`Registry::pick`].
 #[derive(Debug)]
 pub enum Pick {
-    Link(InFlight),
-    /// Every routable link is at its limit of requests in flight.
+    Picked(InFlight),
+    /// Every routable connection is at its limit of requests in flight.
     Full {
         connections: usize,
     },
-    /// No routable link.
-    NoLink,
+    /// No routable connection.
+    None,
 }
 
-/// Every cluster's live links.
+/// Every cluster's live agent connections.
 #[derive(Debug, Default)]
 pub struct Registry {
-    clusters: Mutex<HashMap<String, Vec<Arc<AgentLink>>>>,
+    clusters: Mutex<HashMap<String, Vec<Arc<AgentConnection>>>>,
     next_id: AtomicU64,
     next_pick: AtomicUsize,
 }
@@ -99,51 +105,53 @@ impl Registry {
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    pub fn add(&self, link: Arc<AgentLink>) {
-        self.lock().entry(link.cluster.clone()).or_default().push(link);
+    pub fn add(&self, agent: Arc<AgentConnection>) {
+        self.lock().entry(agent.cluster.clone()).or_default().push(agent);
     }
 
-    pub fn remove(&self, link: &AgentLink) {
+    pub fn remove(&self, agent: &AgentConnection) {
         let mut clusters = self.lock();
-        if let Some(links) = clusters.get_mut(&link.cluster) {
-            links.retain(|l| l.id != link.id);
-            if links.is_empty() {
-                clusters.remove(&link.cluster);
+        if let Some(agents) = clusters.get_mut(&agent.cluster) {
+            agents.retain(|a| a.id != agent.id);
+            if agents.is_empty() {
+                clusters.remove(&agent.cluster);
             }
         }
     }
 
-    /// The least busy routable link of `cluster` (not `excluding`, if given) with fewer than
-    /// `limit` requests in flight (`0`: no limit), counted as busy until the guard drops.
+    /// The least busy routable connection of `cluster` (not `excluding`, if given) with fewer
+    /// than `limit` requests in flight (`0`: no limit), counted as busy until the guard drops.
     pub fn pick(&self, cluster: &str, excluding: Option<u64>, limit: usize) -> Pick {
         let clusters = self.lock();
-        let Some(links) = clusters.get(cluster) else { return Pick::NoLink };
-        let routable =
-            |l: &&Arc<AgentLink>| Some(l.id) != excluding && !l.draining.load(Ordering::Relaxed) && !l.link.is_closed();
+        let Some(agents) = clusters.get(cluster) else { return Pick::None };
+        let routable = |a: &&Arc<AgentConnection>| {
+            Some(a.id) != excluding && !a.draining.load(Ordering::Relaxed) && !a.connection.is_closed()
+        };
         // Ties (often: all idle) go round-robin, so sequential requests spread over the replicas:
-        // the scan starts one link further each time. No allocation on this per-request path.
-        let start = self.next_pick.fetch_add(1, Ordering::Relaxed) % links.len().max(1);
-        let rotated = links[start..].iter().chain(&links[..start]);
-        let Some(least) = rotated.filter(routable).min_by_key(|l| l.in_flight()) else { return Pick::NoLink };
+        // the scan starts one connection further each time. No allocation on this per-request
+        // path.
+        let start = self.next_pick.fetch_add(1, Ordering::Relaxed) % agents.len().max(1);
+        let rotated = agents[start..].iter().chain(&agents[..start]);
+        let Some(least) = rotated.filter(routable).min_by_key(|a| a.in_flight()) else { return Pick::None };
         if limit != 0 && least.in_flight() >= limit {
-            return Pick::Full { connections: links.iter().filter(routable).count() };
+            return Pick::Full { connections: agents.iter().filter(routable).count() };
         }
         // Counted while the registry lock is held, so two requests cannot both take the last slot.
         least.in_flight.fetch_add(1, Ordering::Relaxed);
-        Pick::Link(InFlight(Arc::clone(least)))
+        Pick::Picked(InFlight(Arc::clone(least)))
     }
 
-    /// Every live link.
-    pub fn all(&self) -> Vec<Arc<AgentLink>> {
+    /// Every live agent connection.
+    pub fn all(&self) -> Vec<Arc<AgentConnection>> {
         self.lock().values().flatten().cloned().collect()
     }
 
-    /// Number of live links of `cluster` (draining ones included).
+    /// Number of live agent connections of `cluster` (draining ones included).
     pub fn count(&self, cluster: &str) -> usize {
         self.lock().get(cluster).map_or(0, Vec::len)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Arc<AgentLink>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Arc<AgentConnection>>>> {
         self.clusters.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-use super::StubState;
+use super::state::StubState;
 use crate::identity::whitelist::Whitelist;
 use crate::wire::codes::AppCode;
 
@@ -67,14 +67,14 @@ pub fn reload(state: &StubState, path: &Path, reason: &str) {
         }
     };
     tracing::info!(reason, agents = list.entries().len(), "whitelist reloaded");
-    for link in state.registry.all() {
-        let still = list.lookup(&link.fingerprint).is_some_and(|entry| entry.cluster == link.cluster);
+    for agent in state.registry.all() {
+        let still = list.lookup(&agent.fingerprint).is_some_and(|entry| entry.cluster == agent.cluster);
         if !still {
             tracing::warn!(
-                cluster = %link.cluster, name = %link.name, fingerprint = %link.fingerprint, connection = link.id,
+                cluster = %agent.cluster, name = %agent.name, fingerprint = %agent.fingerprint, connection = agent.id,
                 "closing connection: certificate removed from the whitelist"
             );
-            link.link.close(AppCode::Revoked, "certificate removed from the whitelist");
+            agent.connection.close(AppCode::Revoked, "certificate removed from the whitelist");
         }
     }
     state.whitelist.replace(list);

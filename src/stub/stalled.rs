@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use crate::transport::RecvHalf;
-use http_body_util::{BodyExt, StreamBody};
+use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::bridge::{Body, BoxError};
+use crate::bridge::{Body, BoxError, ChunkSource};
+use crate::transport::RecvHalf;
 use crate::wire::codes::AppCode;
 
 /// The stream and what lives as long as the response, shared with the watchdog.
@@ -50,21 +50,24 @@ pub fn response_body<K: Send + 'static>(recv: RecvHalf, keep: K, timeout: Option
         done: done.clone(),
     });
     tokio::spawn(watchdog(Arc::downgrade(&watched), done, timeout));
-    // The state's flag: an error was reported, so the body ends.
-    let stream = futures_util::stream::unfold((Guard(watched), false), |(guard, failed)| async move {
-        if failed {
-            return None;
-        }
-        guard.0.handed_at.store(0, Ordering::Relaxed);
-        let mut slot = guard.0.slot.lock().await;
+    crate::bridge::body_from(Guard(watched))
+}
+
+/// The body's side of a watched stream: reads it, and stops it if dropped before its end.
+struct Guard<K>(Arc<Watched<K>>);
+
+impl<K: Send + 'static> ChunkSource for Guard<K> {
+    async fn next_chunk(&mut self) -> Option<Result<Bytes, BoxError>> {
+        // Polled again: whatever was handed out has been taken.
+        self.0.handed_at.store(0, Ordering::Relaxed);
+        let mut slot = self.0.slot.lock().await;
         let Some((stream, _)) = slot.as_mut() else {
-            drop(slot);
-            return Some((Err(BoxError::from("response dropped: the caller stopped reading it")), (guard, true)));
+            return Some(Err(BoxError::from("response dropped: the caller stopped reading it")));
         };
-        let item = match stream.read_chunk().await {
-            Ok(Some(chunk)) => Ok(hyper::body::Frame::data(chunk)),
+        let chunk = match stream.read_chunk().await {
+            Ok(Some(chunk)) => Ok(chunk),
+            // Fully read: nothing to stop.
             Ok(None) => {
-                // Fully read: nothing to stop.
                 *slot = None;
                 return None;
             }
@@ -74,15 +77,10 @@ pub fn response_body<K: Send + 'static>(recv: RecvHalf, keep: K, timeout: Option
             }
         };
         drop(slot);
-        let failed = item.is_err();
-        guard.0.handed_at.store(now_ms(), Ordering::Relaxed);
-        Some((item, (guard, failed)))
-    });
-    StreamBody::new(stream).boxed_unsync()
+        self.0.handed_at.store(now_ms(), Ordering::Relaxed);
+        Some(chunk)
+    }
 }
-
-/// Stops the stream if the body is dropped before its end.
-struct Guard<K>(Arc<Watched<K>>);
 
 impl<K> Drop for Guard<K> {
     fn drop(&mut self) {

@@ -1,10 +1,24 @@
-//! The link between an agent and the stub, over either transport, and its streams: QUIC (the
-//! normal case) or TLS on TCP with HTTP/2 streams ([`h2link`], the fallback where UDP is
-//! blocked). Both give the same model: mutual TLS with the whitelist checked in the handshake, a
-//! control stream, and one stream per request that the stub opens; so the stub and the agent
-//! are written once, against [`Link`], [`SendHalf`] and [`RecvHalf`].
+//! The connection between a **dialer** (an agent) and a **listener** (the hub's stub), over
+//! either transport, and its streams: QUIC ([`quic`], the normal case) or TLS on TCP carrying
+//! HTTP/2 streams ([`tcp`], the fallback where UDP is blocked). Both give the same model: mutual
+//! TLS with the listener's certificate verifier in the handshake, one control stream, and one
+//! stream per request that the listener opens. Everything above this module (stub, agent,
+//! bridge) is written once, against [`Connection`], [`SendHalf`] and [`RecvHalf`].
+//!
+//! This module knows transports, not roles: it says "dialer" and "listener", never which
+//! program is which, and it imports nothing from the stub or the agent.
+//!
+//! - [`quic`]: QUIC endpoints and transport tuning (windows, congestion controller, buffers).
+//! - [`tcp`]: the TCP fallback (TLS + HTTP/2) as a [`Connection`].
+//! - [`dial`]: the dialer's side: one connection over the transport asked for.
+//! - [`listen`]: the listener's side: QUIC and TCP on one port, handshakes, peer fingerprints.
+//! - [`explain`]: plain words for a connection that was refused or lost.
 
-pub mod h2link;
+pub mod dial;
+pub mod explain;
+pub mod listen;
+pub mod quic;
+pub mod tcp;
 
 use std::io;
 use std::net::SocketAddr;
@@ -15,9 +29,10 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::wire::codes::AppCode;
-use h2link::{H2Link, H2Recv, H2Send};
+use crate::wire::io::WireError;
+use tcp::{TcpConnection, TcpRecv, TcpSend};
 
-/// Which transport a link uses.
+/// Which transport a connection uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
@@ -34,114 +49,164 @@ impl std::fmt::Display for Transport {
     }
 }
 
-/// One agent connection.
+/// The host part of `HOST:PORT` (`[::1]:443` -> `::1`): the name the listener's certificate
+/// must carry unless another is given.
+pub fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// One connection between a dialer and a listener.
 #[derive(Debug, Clone)]
-pub enum Link {
+pub enum Connection {
     Quic(quinn::Connection),
-    Tcp(H2Link),
+    Tcp(TcpConnection),
 }
 
 fn quic_io(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
-impl Link {
+/// The path of a QUIC connection as quinn measures it (TCP connections have none here).
+#[derive(Debug, Clone, Copy)]
+pub struct PathStats {
+    pub rtt: std::time::Duration,
+    pub cwnd: u64,
+    pub sent_packets: u64,
+    pub lost_packets: u64,
+}
+
+impl Connection {
     pub fn transport(&self) -> Transport {
         match self {
-            Link::Quic(_) => Transport::Quic,
-            Link::Tcp(_) => Transport::Tcp,
+            Connection::Quic(_) => Transport::Quic,
+            Connection::Tcp(_) => Transport::Tcp,
         }
     }
 
     pub fn remote_address(&self) -> SocketAddr {
         match self {
-            Link::Quic(c) => c.remote_address(),
-            Link::Tcp(l) => l.remote_address(),
+            Connection::Quic(c) => c.remote_address(),
+            Connection::Tcp(c) => c.remote_address(),
         }
     }
 
-    /// A new request stream (the stub's side).
+    /// RTT, congestion window and packet counts of a QUIC connection; `None` over TCP.
+    pub fn path_stats(&self) -> Option<PathStats> {
+        match self {
+            Connection::Quic(c) => {
+                let path = c.stats().path;
+                Some(PathStats {
+                    rtt: path.rtt,
+                    cwnd: path.cwnd,
+                    sent_packets: path.sent_packets,
+                    lost_packets: path.lost_packets,
+                })
+            }
+            Connection::Tcp(_) => None,
+        }
+    }
+
+    /// A new request stream (the listener's side: the listener opens request streams).
     pub async fn open_stream(&self) -> io::Result<(SendHalf, RecvHalf)> {
         match self {
-            Link::Quic(c) => {
+            Connection::Quic(c) => {
                 let (send, recv) = c.open_bi().await.map_err(quic_io)?;
                 Ok((SendHalf::Quic(send), RecvHalf::Quic(recv)))
             }
-            Link::Tcp(l) => {
-                let (send, recv) = l.open_stream().await?;
+            Connection::Tcp(c) => {
+                let (send, recv) = c.open_stream().await?;
                 Ok((SendHalf::Tcp(send), RecvHalf::Tcp(recv)))
             }
         }
     }
 
-    /// The next stream the stub opened (the agent's side); `Err` with the reason once the link
-    /// has ended.
+    /// The next stream the listener opened (the dialer's side); `Err` with the reason in plain
+    /// words once the connection has ended.
     pub async fn accept_stream(&self) -> Result<(SendHalf, RecvHalf), String> {
         match self {
-            Link::Quic(c) => {
-                let (send, recv) = c.accept_bi().await.map_err(|e| crate::agent::session::explain(&e))?;
+            Connection::Quic(c) => {
+                let (send, recv) = c.accept_bi().await.map_err(|e| explain::closed(&e))?;
                 Ok((SendHalf::Quic(send), RecvHalf::Quic(recv)))
             }
-            Link::Tcp(l) => {
-                let (send, recv) = l.accept_stream().await?;
+            Connection::Tcp(c) => {
+                let (send, recv) = c.accept_stream().await?;
                 Ok((SendHalf::Tcp(send), RecvHalf::Tcp(recv)))
             }
         }
     }
 
-    /// The control stream, from the agent's side: on QUIC the agent opens it, on TCP the stub
-    /// does (only an HTTP/2 client opens streams).
-    pub async fn agent_control(&self) -> Result<(SendHalf, RecvHalf), String> {
+    /// The control stream, from the dialer's side: on QUIC the dialer opens it, on TCP the
+    /// listener does (only an HTTP/2 client opens streams, and there the listener is the client).
+    pub async fn dialer_control(&self) -> Result<(SendHalf, RecvHalf), String> {
         match self {
-            Link::Quic(c) => {
-                let (send, recv) = c.open_bi().await.map_err(|e| crate::agent::session::explain(&e))?;
+            Connection::Quic(c) => {
+                let (send, recv) = c.open_bi().await.map_err(|e| explain::closed(&e))?;
                 Ok((SendHalf::Quic(send), RecvHalf::Quic(recv)))
             }
-            Link::Tcp(_) => self.accept_stream().await,
+            Connection::Tcp(_) => self.accept_stream().await,
         }
     }
 
-    /// The control stream, from the stub's side (see [`Link::agent_control`]).
-    pub async fn stub_control(&self) -> io::Result<(SendHalf, RecvHalf)> {
+    /// The control stream, from the listener's side (see [`Connection::dialer_control`]).
+    pub async fn listener_control(&self) -> io::Result<(SendHalf, RecvHalf)> {
         match self {
-            Link::Quic(c) => {
+            Connection::Quic(c) => {
                 let (send, recv) = c.accept_bi().await.map_err(quic_io)?;
                 Ok((SendHalf::Quic(send), RecvHalf::Quic(recv)))
             }
-            Link::Tcp(_) => self.open_stream().await,
+            Connection::Tcp(_) => self.open_stream().await,
         }
     }
 
     pub fn close(&self, code: AppCode, reason: &str) {
         match self {
-            Link::Quic(c) => c.close(code.varint(), reason.as_bytes()),
-            Link::Tcp(l) => l.close(code, reason),
+            Connection::Quic(c) => c.close(code.varint(), reason.as_bytes()),
+            Connection::Tcp(c) => c.close(code, reason),
         }
     }
 
-    /// Why the link ended, once it has.
+    /// Why the connection ended, once it has (as the transport says it; [`explain`] puts a
+    /// dialer's refusal into plain words).
     pub fn close_reason(&self) -> Option<String> {
         match self {
-            Link::Quic(c) => c.close_reason().map(|r| r.to_string()),
-            Link::Tcp(l) => l.close_reason(),
+            Connection::Quic(c) => c.close_reason().map(|e| e.to_string()),
+            Connection::Tcp(c) => c.close_reason(),
         }
     }
 
-    /// Whether the link has ended (cheap: asked for every request routed).
+    /// Whether the connection has ended (cheap: asked for every request routed).
     pub fn is_closed(&self) -> bool {
         match self {
-            Link::Quic(c) => c.close_reason().is_some(),
-            Link::Tcp(l) => l.is_closed(),
+            Connection::Quic(c) => c.close_reason().is_some(),
+            Connection::Tcp(c) => c.is_closed(),
         }
     }
 
-    /// Completes when the link has ended.
+    /// Plain words for a control stream that failed on this connection: the connection's own
+    /// end is the better reason when there is one (a refusal arrives as the connection closing
+    /// under the stream).
+    pub fn explain_failure(&self, e: &WireError) -> String {
+        match self {
+            Connection::Quic(c) => match c.close_reason() {
+                Some(reason) => explain::closed(&reason),
+                None => format!("control stream failed: {e}"),
+            },
+            Connection::Tcp(c) => match (c.close_reason(), e) {
+                (Some(reason), _) => reason,
+                (None, WireError::Io(io)) => explain::tcp_failure(io),
+                (None, other) => format!("control stream failed: {other}"),
+            },
+        }
+    }
+
+    /// Completes when the connection has ended.
     pub async fn closed(&self) {
         match self {
-            Link::Quic(c) => {
+            Connection::Quic(c) => {
                 c.closed().await;
             }
-            Link::Tcp(l) => l.closed().await,
+            Connection::Tcp(c) => c.closed().await,
         }
     }
 }
@@ -149,7 +214,7 @@ impl Link {
 /// The sending half of a stream.
 pub enum SendHalf {
     Quic(quinn::SendStream),
-    Tcp(H2Send),
+    Tcp(TcpSend),
 }
 
 impl SendHalf {
@@ -223,7 +288,7 @@ impl AsyncWrite for SendHalf {
 /// The receiving half of a stream.
 pub enum RecvHalf {
     Quic(quinn::RecvStream),
-    Tcp(H2Recv),
+    Tcp(TcpRecv),
 }
 
 impl RecvHalf {
@@ -255,5 +320,16 @@ impl AsyncRead for RecvHalf {
             RecvHalf::Quic(s) => Pin::new(s).poll_read(cx, buf),
             RecvHalf::Tcp(s) => Pin::new(s).poll_read(cx, buf),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn host_of_strips_port_and_brackets() {
+        assert_eq!(super::host_of("localhost:7443"), "localhost");
+        assert_eq!(super::host_of("[::1]:7443"), "::1");
+        assert_eq!(super::host_of("127.0.0.1:1"), "127.0.0.1");
+        assert_eq!(super::host_of("stub.example"), "stub.example");
     }
 }

@@ -15,7 +15,7 @@ pub const MAX_FRAME_LEN: usize = 256 * 1024;
 /// Bytes of the length prefix.
 pub const PREFIX_LEN: usize = 4;
 
-/// Messages on the control stream (the first bidirectional stream, opened by the agent).
+/// Messages on the control stream (the first stream of a connection; the agent speaks first).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Control {
     /// Agent -> stub, first frame of a connection: who the agent says it is.

@@ -1,6 +1,6 @@
 //! One frame on a stream: read exactly the prefix and the payload (never a byte of the body
 //! behind it), or write one. Generic over tokio's `AsyncRead`/`AsyncWrite` so that the same code
-//! serves QUIC streams and, later, any other transport.
+//! serves QUIC streams and the TCP fallback's HTTP/2 streams.
 
 use std::time::Duration;
 

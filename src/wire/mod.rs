@@ -1,14 +1,16 @@
-//! The wire protocol between agent and stub (QUIC, ALPN `tether/1`).
+//! The wire protocol between agent and stub (ALPN `tether/1`, over QUIC or the TCP fallback).
 //!
 //! - [`frame`]: the messages and their pure encoding (length prefix + bincode, hard size limit).
 //!   It is the only module that knows the codec.
 //! - [`io`]: reading and writing one frame on a stream, with a timeout for the first frame.
-//! - [`codes`]: the QUIC application error codes that stub and agent close connections and
-//!   reset streams with.
+//! - [`codes`]: the application error codes that stub and agent close connections and reset
+//!   streams with (QUIC codes, and HTTP/2 codes of their own on the TCP fallback).
 //!
-//! A connection carries one control stream (opened by the agent: `Hello` -> `Welcome`, later
-//! `Drain`) and one bidirectional stream per API request (opened by the stub: `RequestHead`,
-//! raw request body until FIN; `ResponseHead`, raw response body until FIN).
+//! A connection carries one control stream (`Hello` -> `Welcome`, later `Drain` -> `DrainAck`)
+//! and one bidirectional stream per API request, opened by the stub (`RequestHead`, raw request
+//! body until FIN; `ResponseHead`, raw response body until FIN). Over QUIC the agent opens the
+//! control stream; over the TCP fallback the stub does, because there the stub is the HTTP/2
+//! client and only a client opens streams. Either way the agent speaks first on it.
 
 pub mod codes;
 pub mod frame;

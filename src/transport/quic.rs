@@ -1,5 +1,5 @@
-//! QUIC endpoints for both roles: transport parameters sized on purpose and UDP sockets with
-//! large kernel buffers (see DESIGN.md, "Performance rules").
+//! QUIC endpoints for both sides: transport parameters sized on purpose and UDP sockets with
+//! large kernel buffers (see `docs/design.md`, "Performance").
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,9 +13,9 @@ use quinn::{Endpoint, EndpointConfig, IdleTimeout, TransportConfig, VarInt};
 pub struct Tuning {
     /// A peer silent for this long is dead; keep-alives go out at a third of it.
     pub idle_timeout: Duration,
-    /// Request streams the *stub* may have open on one agent connection at once. Long watches
-    /// each hold one, so this is far above the expected number of concurrent watches. quinn
-    /// keeps a small record per allowed stream, so it also bounds memory.
+    /// Request streams the *listener* may have open on one connection at once (the dialer grants
+    /// them). Long watches each hold one, so this is far above the expected number of concurrent
+    /// watches. quinn keeps a small record per allowed stream, so it also bounds memory.
     pub max_request_streams: u32,
     /// How the sender paces itself.
     pub congestion: Congestion,
@@ -46,8 +46,8 @@ const SEND_WINDOW: u64 = 16 * 1024 * 1024;
 /// Kernel socket buffers we ask for; bursts of a fast sender land here before quinn reads them.
 const UDP_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 
-/// Streams the agent opens to the stub: the control stream only, plus headroom.
-const AGENT_OPENED_STREAMS: u32 = 4;
+/// Streams the dialer opens: the control stream only, plus headroom.
+const DIALER_OPENED_STREAMS: u32 = 4;
 
 fn transport(tuning: &Tuning, peer_may_open_bidi: u32) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
@@ -88,7 +88,7 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
-/// The stub's endpoint on a bound UDP socket: a server that accepts agents.
+/// The listener's endpoint on a bound UDP socket: a QUIC server.
 pub fn server_endpoint(
     socket: std::net::UdpSocket,
     tls: rustls::ServerConfig,
@@ -96,17 +96,17 @@ pub fn server_endpoint(
 ) -> std::io::Result<Endpoint> {
     let crypto = QuicServerConfig::try_from(tls).map_err(std::io::Error::other)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport(tuning, AGENT_OPENED_STREAMS));
+    config.transport_config(transport(tuning, DIALER_OPENED_STREAMS));
     Endpoint::new(EndpointConfig::default(), Some(config), socket, Arc::new(quinn::TokioRuntime))
 }
 
-/// The agent's endpoint (no server role).
+/// The dialer's endpoint (a QUIC client only).
 pub fn client_endpoint(bind: SocketAddr) -> std::io::Result<Endpoint> {
     let socket = bind_udp(bind)?;
     Endpoint::new(EndpointConfig::default(), None, socket, Arc::new(quinn::TokioRuntime))
 }
 
-/// The configuration the agent dials with: its TLS identity and the transport tuning.
+/// The configuration a dialer connects with: its TLS identity and the transport tuning.
 pub fn client_config(tls: rustls::ClientConfig, tuning: &Tuning) -> std::io::Result<quinn::ClientConfig> {
     let crypto = QuicClientConfig::try_from(tls).map_err(std::io::Error::other)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));

@@ -5,11 +5,12 @@
 //! resets for cancellation, PING for keep-alive, and a mature implementation (`h2`, under hyper)
 //! already in the build. yamux would have needed a new dependency with weaker flow control.
 //!
-//! Only an HTTP/2 client opens streams, and the stub is the one that opens request streams, so
-//! here the stub is the HTTP/2 client and the agent the server, although the agent dialled. The
-//! control stream is therefore the stub's first stream; the agent answers it at once and from
-//! then on both sides use it exactly like QUIC's control stream. Every stream is a `POST` whose
-//! body (both ways) carries the same frames and raw bytes as a QUIC stream.
+//! Only an HTTP/2 client opens streams, and the listener is the one that opens request streams,
+//! so here the listener (the stub) is the HTTP/2 client and the dialer (the agent) the server,
+//! although the dialer connected. The control stream is therefore the listener's first stream;
+//! the dialer answers it at once and from then on both sides use it exactly like QUIC's control
+//! stream. Every stream is a `POST` whose body (both ways) carries the same frames and raw bytes
+//! as a QUIC stream.
 
 use std::future::Future as _;
 use std::io;
@@ -26,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::wire::codes::AppCode;
 
-/// Windows like QUIC's (see `quic.rs`): 2 MiB per stream, 16 MiB per connection.
+/// Windows like QUIC's (see [`super::quic`]): 2 MiB per stream, 16 MiB per connection.
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// Largest HTTP/2 frame we accept (the default 16 KiB costs more frames per MB).
@@ -35,10 +36,10 @@ const MAX_FRAME: u32 = 64 * 1024;
 type Accepted = (http::Request<h2::RecvStream>, h2::server::SendResponse<Bytes>);
 
 enum Role {
-    /// The stub opens streams.
-    Stub(h2::client::SendRequest<Bytes>),
-    /// The agent accepts them, from the task that drives the connection.
-    Agent(tokio::sync::Mutex<mpsc::Receiver<Accepted>>),
+    /// The listener opens streams.
+    Listener(h2::client::SendRequest<Bytes>),
+    /// The dialer accepts them, from the task that drives the connection.
+    Dialer(tokio::sync::Mutex<mpsc::Receiver<Accepted>>),
 }
 
 struct Inner {
@@ -53,13 +54,13 @@ struct Inner {
     reason: Mutex<Option<String>>,
 }
 
-/// One TCP link: cheap to clone.
+/// One TCP connection: cheap to clone.
 #[derive(Clone)]
-pub struct H2Link(Arc<Inner>);
+pub struct TcpConnection(Arc<Inner>);
 
-impl std::fmt::Debug for H2Link {
+impl std::fmt::Debug for TcpConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("H2Link").field("remote", &self.0.remote).finish_non_exhaustive()
+        f.debug_struct("TcpConnection").field("remote", &self.0.remote).finish_non_exhaustive()
     }
 }
 
@@ -70,17 +71,9 @@ fn h2_error(e: h2::Error) -> io::Error {
     }
 }
 
-/// Plain words for why an HTTP/2 connection ended.
-fn describe_end(e: &h2::Error) -> String {
-    if let Some(reason) = e.reason().and_then(AppCode::from_h2_reason) {
-        return format!("peer closed the connection: {}", reason.describe());
-    }
-    format!("connection lost: {e}")
-}
-
-impl H2Link {
-    fn new(role: Role, remote: SocketAddr) -> H2Link {
-        H2Link(Arc::new(Inner {
+impl TcpConnection {
+    fn new(role: Role, remote: SocketAddr) -> TcpConnection {
+        TcpConnection(Arc::new(Inner {
             role,
             remote,
             ended: CancellationToken::new(),
@@ -99,8 +92,8 @@ impl H2Link {
         self.0.ended.cancel();
     }
 
-    /// The stub's side, on a TLS stream an agent dialled: HTTP/2 client.
-    pub async fn stub_side<T>(io: T, remote: SocketAddr, idle: Duration) -> io::Result<H2Link>
+    /// The listener's side, on a TLS stream a dialer connected: HTTP/2 client.
+    pub async fn listener<T>(io: T, remote: SocketAddr, idle: Duration) -> io::Result<TcpConnection>
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -113,26 +106,26 @@ impl H2Link {
             .await
             .map_err(h2_error)?;
         let ping = connection.ping_pong();
-        let link = H2Link::new(Role::Stub(send_request), remote);
-        let driver = link.clone();
+        let conn = TcpConnection::new(Role::Listener(send_request), remote);
+        let driver = conn.clone();
         tokio::spawn(async move {
             let reason = tokio::select! {
                 result = &mut connection => match result {
-                    Ok(()) => "agent closed the connection".to_owned(),
-                    Err(e) => describe_end(&e),
+                    Ok(()) => "peer closed the connection".to_owned(),
+                    Err(e) => super::explain::h2_end(&e),
                 },
-                _ = driver.0.close.cancelled() => "closed by the stub".to_owned(),
+                _ = driver.0.close.cancelled() => "closed locally".to_owned(),
             };
             driver.end(reason);
         });
         if let Some(ping) = ping {
-            tokio::spawn(keep_alive(link.clone(), ping, idle));
+            tokio::spawn(keep_alive(conn.clone(), ping, idle));
         }
-        Ok(link)
+        Ok(conn)
     }
 
-    /// The agent's side, on the TLS stream it dialled: HTTP/2 server.
-    pub async fn agent_side<T>(io: T, remote: SocketAddr, idle: Duration, max_streams: u32) -> io::Result<H2Link>
+    /// The dialer's side, on the TLS stream it connected: HTTP/2 server.
+    pub async fn dialer<T>(io: T, remote: SocketAddr, idle: Duration, max_streams: u32) -> io::Result<TcpConnection>
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -146,19 +139,19 @@ impl H2Link {
             .map_err(h2_error)?;
         let ping = connection.ping_pong();
         let (tx, rx) = mpsc::channel(64);
-        let link = H2Link::new(Role::Agent(tokio::sync::Mutex::new(rx)), remote);
-        let driver = link.clone();
+        let conn = TcpConnection::new(Role::Dialer(tokio::sync::Mutex::new(rx)), remote);
+        let driver = conn.clone();
         tokio::spawn(async move {
             let reason = loop {
                 tokio::select! {
                     accepted = connection.accept() => match accepted {
                         Some(Ok(stream)) => {
                             if tx.send(stream).await.is_err() {
-                                break "closed by the agent".to_owned();
+                                break "closed locally".to_owned();
                             }
                         }
-                        Some(Err(e)) => break describe_end(&e),
-                        None => break "stub closed the connection".to_owned(),
+                        Some(Err(e)) => break super::explain::h2_end(&e),
+                        None => break "peer closed the connection".to_owned(),
                     },
                     _ = driver.0.close.cancelled() => {
                         let code = driver.0.close_code.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or(AppCode::Normal);
@@ -168,26 +161,26 @@ impl H2Link {
                             while connection.accept().await.is_some() {}
                         })
                         .await;
-                        break "closed by the agent".to_owned();
+                        break "closed locally".to_owned();
                     }
                 }
             };
             driver.end(reason);
         });
         if let Some(ping) = ping {
-            tokio::spawn(keep_alive(link.clone(), ping, idle));
+            tokio::spawn(keep_alive(conn.clone(), ping, idle));
         }
-        Ok(link)
+        Ok(conn)
     }
 
     pub fn remote_address(&self) -> SocketAddr {
         self.0.remote
     }
 
-    /// Opens a request stream (stub side).
-    pub async fn open_stream(&self) -> io::Result<(H2Send, H2Recv)> {
-        let Role::Stub(send_request) = &self.0.role else {
-            return Err(io::Error::other("only the stub opens streams on a TCP link"));
+    /// Opens a request stream (listener side).
+    pub async fn open_stream(&self) -> io::Result<(TcpSend, TcpRecv)> {
+        let Role::Listener(send_request) = &self.0.role else {
+            return Err(io::Error::other("only the listener opens streams on a TCP connection"));
         };
         if let Some(reason) = self.close_reason() {
             return Err(io::Error::new(io::ErrorKind::NotConnected, reason));
@@ -196,14 +189,14 @@ impl H2Link {
         let request =
             http::Request::post("https://tether/stream").body(()).map_err(|e| io::Error::other(e.to_string()))?;
         let (response, send) = ready.send_request(request, false).map_err(h2_error)?;
-        Ok((H2Send::new(send), H2Recv { state: RecvState::Pending(response), leftover: Bytes::new() }))
+        Ok((TcpSend::new(send), TcpRecv { state: RecvState::Pending(response), leftover: Bytes::new() }))
     }
 
-    /// Accepts the next stream the stub opened (agent side); `Err` with the reason once the
+    /// Accepts the next stream the listener opened (dialer side); `Err` with the reason once the
     /// connection has ended.
-    pub async fn accept_stream(&self) -> Result<(H2Send, H2Recv), String> {
-        let Role::Agent(rx) = &self.0.role else {
-            return Err("only the agent accepts streams on a TCP link".into());
+    pub async fn accept_stream(&self) -> Result<(TcpSend, TcpRecv), String> {
+        let Role::Dialer(rx) = &self.0.role else {
+            return Err("only the dialer accepts streams on a TCP connection".into());
         };
         let next = tokio::select! {
             next = async { rx.lock().await.recv().await } => next,
@@ -213,10 +206,11 @@ impl H2Link {
             return Err(self.close_reason().unwrap_or_else(|| "connection ended".into()));
         };
         let send = respond.send_response(http::Response::new(()), false).map_err(|e| e.to_string())?;
-        Ok((H2Send::new(send), H2Recv { state: RecvState::Body(request.into_body()), leftover: Bytes::new() }))
+        Ok((TcpSend::new(send), TcpRecv { state: RecvState::Body(request.into_body()), leftover: Bytes::new() }))
     }
 
-    /// Ends the connection (an agent's GOAWAY carries `code`; the stub's side just closes).
+    /// Ends the connection (the dialer's GOAWAY carries `code`; an HTTP/2 client cannot send
+    /// one, so the listener's side just closes).
     pub fn close(&self, code: AppCode, reason: &str) {
         *self.0.close_code.lock().unwrap_or_else(|e| e.into_inner()) = Some(code);
         self.end(format!("closed locally: {} ({reason})", code.describe()));
@@ -237,18 +231,18 @@ impl H2Link {
 }
 
 /// Pings every third of `idle`; a peer that does not answer within `idle` is dead.
-async fn keep_alive(link: H2Link, mut ping: h2::PingPong, idle: Duration) {
+async fn keep_alive(conn: TcpConnection, mut ping: h2::PingPong, idle: Duration) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(idle / 3) => {}
-            _ = link.closed() => return,
+            _ = conn.closed() => return,
         }
         match tokio::time::timeout(idle, ping.ping(h2::Ping::opaque())).await {
             Ok(Ok(_pong)) => {}
             Ok(Err(_)) => return,
             Err(_) => {
-                link.end(format!("peer did not answer keep-alives for {idle:?} (timed out)"));
-                link.0.close.cancel();
+                conn.end(format!("peer did not answer keep-alives for {idle:?} (timed out)"));
+                conn.0.close.cancel();
                 return;
             }
         }
@@ -259,13 +253,13 @@ async fn keep_alive(link: H2Link, mut ping: h2::PingPong, idle: Duration) {
 /// slow reader makes the writer wait instead of buffering. Shared (behind a lock taken only
 /// inside a poll) so that a cancellation watcher can wait for the peer's reset while the
 /// same task writes, as QUIC's `stopped()` allows.
-pub struct H2Send {
+pub struct TcpSend {
     inner: Arc<Mutex<h2::SendStream<Bytes>>>,
 }
 
-impl H2Send {
-    fn new(inner: h2::SendStream<Bytes>) -> H2Send {
-        H2Send { inner: Arc::new(Mutex::new(inner)) }
+impl TcpSend {
+    fn new(inner: h2::SendStream<Bytes>) -> TcpSend {
+        TcpSend { inner: Arc::new(Mutex::new(inner)) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, h2::SendStream<Bytes>> {
@@ -320,7 +314,7 @@ impl H2Send {
     }
 }
 
-impl AsyncWrite for H2Send {
+impl AsyncWrite for TcpSend {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
@@ -342,19 +336,19 @@ impl AsyncWrite for H2Send {
 }
 
 enum RecvState {
-    /// The stub's side: the agent's answer to the stream, whose body is the data.
+    /// The listener's side: the dialer's answer to the stream, whose body is the data.
     Pending(h2::client::ResponseFuture),
     Body(h2::RecvStream),
     Done,
 }
 
 /// The receiving half of a TCP stream. Window is given back as data is taken.
-pub struct H2Recv {
+pub struct TcpRecv {
     state: RecvState,
     leftover: Bytes,
 }
 
-impl H2Recv {
+impl TcpRecv {
     /// The next chunk; `None` at the end of the stream.
     pub async fn read_chunk(&mut self) -> io::Result<Option<Bytes>> {
         if !self.leftover.is_empty() {
@@ -398,7 +392,7 @@ impl H2Recv {
     }
 }
 
-impl AsyncRead for H2Recv {
+impl AsyncRead for TcpRecv {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if self.leftover.is_empty() {
             match ready!(self.poll_chunk(cx))? {

@@ -1,0 +1,84 @@
+//! The command line: clap's types for every command, and how each becomes that command's
+//! configuration and runs. `main.rs` parses with [`Cli`] and dispatches to one of these.
+//!
+//! - [`stub`], [`agent`]: the two sides of the tunnel.
+//! - [`certs`]: `tether certs ...`, the CA and every certificate.
+//! - [`credentials`]: `tether token` and `tether kubeconfig`, for users and services.
+//! - [`register`]: `tether register`, the manifest that installs an agent.
+//! - [`bench`]: `tether bench`, the load harness.
+//! - [`link`]: `tether link`, an emulated bad link.
+//!
+//! Every flag of a long-running command has a `TETHER_*` variable; [`crate::config`] adds flags
+//! from a TOML file before clap parses.
+
+pub mod agent;
+pub mod bench;
+pub mod certs;
+pub mod credentials;
+pub mod link;
+pub mod register;
+pub mod stub;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::transport::quic::Congestion;
+
+/// A QUIC reverse tunnel from a hub to the Kubernetes API servers of clusters it cannot dial.
+#[derive(Parser)]
+#[command(name = "tether", version, about)]
+pub struct Cli {
+    /// Take flags from this TOML file too, one [section] per command (see the README); the
+    /// command line and the environment win over it.
+    #[arg(long, global = true, env = "TETHER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Make the CA, stub and agent certificates and the token issuer key.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
+    /// Run the hub side: QUIC listener for agents and HTTPS front door for users.
+    Stub(stub::StubArgs),
+    /// Run the cluster side: dial the stub and forward its requests to the API server.
+    Agent(Box<agent::AgentArgs>),
+    /// Print a token for a user or service (signed with the issuer key).
+    Token(credentials::TokenArgs),
+    /// Print a kubeconfig that points kubectl at one cluster through the stub.
+    Kubeconfig(credentials::KubeconfigArgs),
+    /// Print the manifest that installs an agent in a cluster (issuing and registering its
+    /// certificate if it has none yet).
+    Register(register::RegisterArgs),
+    /// Load-test a stub (or an upstream directly, for comparison); or serve a target to test.
+    Bench(Box<bench::BenchArgs>),
+    /// Emulate a bad link on this machine (root): a network namespace for the stub, reached over
+    /// a wire with loss, delay, jitter and a rate limit, plus a clean path for clients.
+    Link(link::LinkArgs),
+}
+
+#[derive(Args)]
+pub struct QuicArgs {
+    /// A peer silent this long is considered dead (keep-alives go out at a third of it).
+    #[arg(long, env = "TETHER_IDLE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+    /// Congestion controller for what this side sends: bbr keeps its pace on links that lose
+    /// packets; cubic and new-reno slow down at every loss.
+    #[arg(long, env = "TETHER_CONGESTION", value_enum, default_value = "bbr")]
+    congestion: Congestion,
+}
+
+impl QuicArgs {
+    /// The transport tuning these flags give (other knobs at their defaults).
+    pub fn tuning(&self) -> crate::transport::quic::Tuning {
+        crate::transport::quic::Tuning {
+            idle_timeout: self.idle_timeout,
+            congestion: self.congestion,
+            ..Default::default()
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! `tether stub`: the hub side.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::QuicArgs;
+use crate::identity::files::CertDir;
+use crate::stub::audit::AuditTarget;
+use crate::stub::limits::Limits;
+use crate::stub::{Stub, StubConfig};
+
+#[derive(Args)]
+pub struct StubArgs {
+    /// Certificate directory (ca.crt, stub.crt, stub.key, whitelist).
+    #[arg(long, env = "TETHER_CERTS", default_value = "certs")]
+    certs: PathBuf,
+    /// UDP address for agents (QUIC).
+    #[arg(long, env = "TETHER_QUIC_LISTEN", default_value = "0.0.0.0:7443")]
+    quic_listen: SocketAddr,
+    /// TCP address for users and services (HTTPS).
+    #[arg(long, env = "TETHER_HTTPS_LISTEN", default_value = "0.0.0.0:8443")]
+    https_listen: SocketAddr,
+    /// How long open requests may take to finish on shutdown.
+    #[arg(long, env = "TETHER_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    grace: Duration,
+    /// The token issuer's public key (default: CERTS/issuer.pub).
+    #[arg(long, env = "TETHER_ISSUER_PUB")]
+    issuer_pub: Option<PathBuf>,
+    /// Audit log: a file to append one JSON line per request to, `-` for stdout, `off` for none.
+    #[arg(long, env = "TETHER_AUDIT_LOG", default_value = "-")]
+    audit_log: AuditTarget,
+    /// Requests one user may have in flight at once (watches count); beyond it, 429. 0: no limit.
+    #[arg(long, env = "TETHER_MAX_REQUESTS_PER_USER", default_value_t = 2000)]
+    max_requests_per_user: usize,
+    /// Requests one cluster may have in flight at once; beyond it, 429. 0: no limit.
+    #[arg(long, env = "TETHER_MAX_REQUESTS_PER_CLUSTER", default_value_t = 30000)]
+    max_requests_per_cluster: usize,
+    /// Requests one agent connection may carry at once; a cluster whose connections are all
+    /// this busy answers 429. Keep it below the agents' --max-streams. 0: no limit.
+    #[arg(long, env = "TETHER_MAX_REQUESTS_PER_AGENT", default_value_t = 16000)]
+    max_requests_per_agent: usize,
+    /// A response whose caller leaves it unread this long is dropped, so that it cannot hold
+    /// the agent connection's flow-control window. 0s: never.
+    #[arg(long, env = "TETHER_STALLED_READER_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    stalled_reader_timeout: Duration,
+    /// Serve /healthz, /readyz and /metrics (Prometheus) on this address.
+    #[arg(long, env = "TETHER_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
+    /// A front-door client must send a request's headers within this time (HTTP/1.1), or is
+    /// disconnected: slow-loris protection.
+    #[arg(long, env = "TETHER_HEADER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    header_timeout: Duration,
+    /// Reload the whitelist only on SIGHUP, not also when the file changes.
+    #[arg(long, env = "TETHER_NO_WATCH_WHITELIST")]
+    no_watch_whitelist: bool,
+    #[command(flatten)]
+    quic: QuicArgs,
+}
+
+impl StubArgs {
+    /// The stub's configuration from these flags.
+    pub fn config(self) -> StubConfig {
+        let dir = CertDir::new(self.certs);
+        StubConfig {
+            issuer_pub: self.issuer_pub.unwrap_or_else(|| dir.issuer_pub()),
+            audit: self.audit_log,
+            watch_whitelist: !self.no_watch_whitelist,
+            stalled_reader_timeout: Some(self.stalled_reader_timeout).filter(|t| !t.is_zero()),
+            admin_listen: self.admin_listen,
+            header_timeout: self.header_timeout,
+            limits: Limits {
+                per_user: self.max_requests_per_user,
+                per_cluster: self.max_requests_per_cluster,
+                per_connection: self.max_requests_per_agent,
+            },
+            certs: dir,
+            quic_listen: self.quic_listen,
+            https_listen: self.https_listen,
+            tuning: self.quic.tuning(),
+            grace: self.grace,
+        }
+    }
+
+    /// Binds, says where, and serves until SIGINT or SIGTERM.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let stub = Stub::bind(self.config()).await.context("starting the stub")?;
+        tracing::info!(quic = %stub.quic_addr()?, https = %stub.https_addr()?, "stub listening");
+        if let Some(admin) = stub.admin_addr() {
+            tracing::info!(admin = %admin?, "admin listening (/healthz, /readyz, /metrics)");
+        }
+        stub.serve(crate::shutdown::signal()).await
+    }
+}

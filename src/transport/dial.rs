@@ -1,0 +1,104 @@
+//! The dialer's side: one connection to a listener, over QUIC or over the TCP fallback (TCP,
+//! TLS 1.3 with the dialer's certificate, then HTTP/2 with the dialer as its server). The
+//! listener's address is resolved again on every dial, so a name that moves is followed.
+//! Failures come back in plain words ([`super::explain`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::quic::{self, Tuning};
+use super::tcp::TcpConnection;
+use super::{Connection, Transport, explain};
+
+/// A TCP dial (connect and both handshakes) that takes longer has failed.
+const TCP_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a dialer presents: one certificate, configured for each transport.
+#[derive(Clone)]
+pub struct ClientTls {
+    pub quic: quinn::ClientConfig,
+    pub tcp: Arc<rustls::ClientConfig>,
+}
+
+impl ClientTls {
+    /// Both configurations from one rustls client configuration (ALPN and certificate set).
+    pub fn new(tls: rustls::ClientConfig, tuning: &Tuning) -> std::io::Result<ClientTls> {
+        Ok(ClientTls { quic: quic::client_config(tls.clone(), tuning)?, tcp: Arc::new(tls) })
+    }
+}
+
+/// Dials one listener address.
+#[derive(Debug)]
+pub struct Dialer {
+    endpoint: quinn::Endpoint,
+    /// `HOST:PORT` of the listener.
+    target: String,
+    /// The name the listener's certificate must carry.
+    server_name: String,
+    tuning: Tuning,
+}
+
+impl Dialer {
+    /// A dialer with a UDP socket of its own (IPv6 and IPv4, or IPv4 only on a host without
+    /// IPv6).
+    pub fn new(target: &str, server_name: &str, tuning: &Tuning) -> std::io::Result<Dialer> {
+        let endpoint = match quic::client_endpoint("[::]:0".parse().expect("valid address")) {
+            Ok(endpoint) => endpoint,
+            Err(_) => quic::client_endpoint("0.0.0.0:0".parse().expect("valid address"))?,
+        };
+        Ok(Dialer { endpoint, target: target.to_owned(), server_name: server_name.to_owned(), tuning: tuning.clone() })
+    }
+
+    /// The listener's `HOST:PORT`, as given.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// The QUIC endpoint every dial goes out of (to move it to a new socket, or close it).
+    pub fn endpoint(&self) -> &quinn::Endpoint {
+        &self.endpoint
+    }
+
+    /// One connection over `transport`, its handshakes done. In TLS 1.3 that does not yet mean
+    /// the listener accepted the certificate: the first frame on the control stream tells.
+    pub async fn dial(&self, tls: &ClientTls, transport: Transport) -> Result<Connection, String> {
+        let target = &self.target;
+        let addr = tokio::net::lookup_host(target)
+            .await
+            .map_err(|e| format!("cannot resolve {target}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{target} resolves to no address"))?;
+        match transport {
+            Transport::Quic => {
+                let connecting = self
+                    .endpoint
+                    .connect_with(tls.quic.clone(), addr, &self.server_name)
+                    .map_err(|e| format!("cannot dial {addr}: {e}"))?;
+                Ok(Connection::Quic(connecting.await.map_err(|e| explain::closed(&e))?))
+            }
+            Transport::Tcp => tokio::time::timeout(TCP_DIAL_TIMEOUT, self.dial_tcp(tls, addr))
+                .await
+                .map_err(|_| format!("no answer over TCP from {addr} within {TCP_DIAL_TIMEOUT:?}"))?,
+        }
+    }
+
+    async fn dial_tcp(&self, tls: &ClientTls, addr: SocketAddr) -> Result<Connection, String> {
+        let tcp =
+            tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("cannot dial {addr} over TCP: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let name = rustls::pki_types::ServerName::try_from(self.server_name.clone())
+            .map_err(|e| format!("--server-name {:?}: {e}", self.server_name))?;
+        let tls = tokio_rustls::TlsConnector::from(tls.tcp.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| explain::tcp_failure(&e))?;
+        if tls.get_ref().1.alpn_protocol() != Some(crate::wire::ALPN) {
+            return Err("the stub does not speak tether/1 over TCP".into());
+        }
+        let conn = TcpConnection::dialer(tls, addr, self.tuning.idle_timeout, self.tuning.max_request_streams)
+            .await
+            .map_err(|e| explain::tcp_failure(&e))?;
+        Ok(Connection::Tcp(conn))
+    }
+}
