@@ -111,3 +111,39 @@ async fn stub_and_agent_expose_health_and_metrics_that_count_what_happened() {
     assert!((1.0..=6.0).contains(&answered), "agent-0 answered its share of the six: {agent_metrics}");
     assert!(agent_metrics.contains("tether_agent_upstream_seconds_bucket{le=\"+Inf\"}"), "{agent_metrics}");
 }
+
+/// CPU time the process has used so far (user and system).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name (which may hold spaces) in parentheses.
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / per_second)
+}
+
+#[tokio::test]
+async fn out_of_file_descriptors_the_admin_listener_pauses_instead_of_spinning_and_recovers() {
+    let pki = Pki::new();
+    let certs = pki.path().to_str().unwrap();
+    let args = ["stub", "--certs", certs, "--quic-listen", "127.0.0.1:0", "--https-listen", "127.0.0.1:0"];
+    let admin_args = ["--admin-listen", "127.0.0.1:0", "--audit-log", "off"];
+    let mut stub = support::Proc::spawn_with_file_limit("stub", &[&args[..], &admin_args[..]].concat(), 64);
+    let admin = admin_addr(&stub.wait_for("admin listening").await);
+    // Connections that never send a request: each one the stub accepts holds a descriptor, and
+    // the rest wait in the kernel's queue, so `accept` fails with EMFILE again and again.
+    let mut held = Vec::new();
+    for _ in 0..128 {
+        held.push(tokio::net::TcpStream::connect(&admin).await.unwrap());
+    }
+    stub.wait_for("accept failed; pausing").await;
+    let (before, since) = (cpu_time(stub.pid()), std::time::Instant::now());
+    // A window to measure over, not a wait for anything.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let share = (cpu_time(stub.pid()) - before).as_secs_f64() / since.elapsed().as_secs_f64();
+    assert!(share < 0.25, "the stub used {:.0}% of a core while accept kept failing", share * 100.0);
+    // Descriptors free again: the queued connections are taken, and /healthz answers.
+    drop(held);
+    let answered = tokio::time::timeout(support::PATIENCE, admin_get(&admin, "/healthz")).await;
+    assert_eq!(answered.expect("/healthz answers once descriptors are free"), (200, "ok\n".to_owned()));
+}

@@ -117,6 +117,13 @@ impl Proc {
         Proc::spawn_command(name, Command::new(tether_bin()).args(args).envs(env.iter().copied()))
     }
 
+    /// The tether binary with at most `max_files` open files (soft and hard limit), set by a
+    /// shell that then execs it: the PID is tether's own.
+    pub fn spawn_with_file_limit(name: &str, args: &[&str], max_files: u32) -> Proc {
+        let script = format!("ulimit -n {max_files} && exec \"$0\" \"$@\"");
+        Proc::spawn_command(name, Command::new("sh").args(["-c", &script, tether_bin()]).args(args))
+    }
+
     /// The tether binary run inside network namespace `netns` (`ip netns exec`, which execs it:
     /// the PID is tether's own).
     pub fn spawn_in_netns(name: &str, netns: &str, args: &[&str]) -> Proc {
