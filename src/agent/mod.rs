@@ -97,6 +97,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     let forwarder =
         Arc::new(Forwarder { upstream, tokens, cluster: config.cluster.clone(), metrics: agent_metrics.clone() });
     let readiness = Readiness::default();
+    // The admin listener outlives the drain (probes during it say "not ready"), and stops last.
+    let admin_stop = CancellationToken::new();
     if let Some(addr) = config.admin_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -108,7 +110,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
             not_ready: "not connected to the stub\n",
             metrics: Arc::new(move || scraped.render(ready.get())),
         };
-        tokio::spawn(admin::serve(listener, site, cancel.clone()));
+        tokio::spawn(admin::serve(listener, site, admin_stop.clone()));
     }
     let (certificate_tx, new_certificates) = mpsc::channel(4);
     tokio::spawn(certificate::watch(files, config.tuning.clone(), certificate.clone(), certificate_tx, cancel.clone()));
@@ -130,6 +132,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     dial_loop.run(certificate).await;
     endpoint.close(AppCode::Normal.varint(), b"agent stopped");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    admin_stop.cancel();
     tracing::info!("agent stopped");
     Ok(())
 }

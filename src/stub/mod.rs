@@ -158,6 +158,8 @@ impl Stub {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
+        // The admin listener answers through the drain, and stops last.
+        let admin_stop = CancellationToken::new();
         if let Some(listener) = self.admin {
             let scraped = self.state.clone();
             let site = admin::Site {
@@ -165,7 +167,7 @@ impl Stub {
                 not_ready: "not serving\n",
                 metrics: Arc::new(move || scraped.metrics.render(&scraped.registry)),
             };
-            tokio::spawn(admin::serve(listener, site, cancel.clone()));
+            tokio::spawn(admin::serve(listener, site, admin_stop.clone()));
         }
         let endpoint = self.agents.endpoint().clone();
         let on_agent = {
@@ -194,6 +196,7 @@ impl Stub {
         tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        admin_stop.cancel();
         Ok(())
     }
 }
