@@ -19,7 +19,8 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-prog=${0##*/}
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
 out=$root/target/bench
 quick=false
 while [ $# -gt 0 ]; do
@@ -27,26 +28,20 @@ while [ $# -gt 0 ]; do
     --quick) quick=true ;;
     --out) out=$2; shift ;;
     -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "usage: $prog [--quick] [--out DIR]" >&2; exit 2 ;;
+    *) echo "usage: $PROG [--quick] [--out DIR]" >&2; exit 2 ;;
   esac
   shift
 done
 secs=$($quick && echo 4 || echo 10)
-
-log() { printf '%s: %s\n' "$prog" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
 
 log "building release binaries (cargo build --release)"
 cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin tether
 tether=$root/target/release/tether
 mkdir -p "$out"
 work=$(mktemp -d "${TMPDIR:-/tmp}/tether-bench.XXXXXX")
-pids=()
-link_pid=
+# Stops what is still running, newest first (so a namespaced stub before its link), by PID.
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [ -n "$link_pid" ]; then kill "$link_pid" 2>/dev/null || true; wait "$link_pid" 2>/dev/null || true; fi
+  stop_spawned
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -55,31 +50,26 @@ trap 'exit 130' INT TERM
 TETHER=$tether bash "$root/scripts/bootstrap-certs.sh" "$work/certs" dev >/dev/null
 certs=$work/certs
 
-# Starts "$@" in the background with its log in $work/$name.log; sets $started to its PID.
+# start NAME CMD...: CMD in the background (TETHER_LOG=info unless set), its log in
+# $work/NAME.log; sets $started to its PID. cleanup stops it unless stop_pid did.
 start() {
   local name=$1; shift
-  TETHER_LOG=${TETHER_LOG:-info} "$@" >"$work/$name.log" 2>&1 &
-  started=$!
-  pids+=("$started")
+  spawn "$name" "$work/$name.log" env TETHER_LOG="${TETHER_LOG:-info}" "$@"
+  started=$SPAWNED_PID
 }
-# Waits (bounded) until $work/$name.log has a line matching $pattern; prints that line.
-wait_log() {
-  local name=$1 pattern=$2 i
-  for i in $(seq 1 300); do
-    if grep -m1 -E "$pattern" "$work/$name.log" 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  die "$name: no line matching '$pattern' in 30 s; log: $(tail -5 "$work/$name.log")"
-}
-stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
-field() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" | head -1; }
+# wait_log NAME NEEDLE PID: the first line of $work/NAME.log containing NEEDLE (30 s at most;
+# at once an error if PID exits first).
+wait_log() { wait_for_line "$work/$1.log" "$2" "$3" "$1"; }
+# port ADDR: the port of HOST:PORT.
+port() { printf '%s\n' "${1##*:}"; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 jq_py() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"; }
 
 token=$("$tether" token --certs "$certs" --user bench --cluster dev --ttl 2h)
 start target "$tether" bench --serve 0.0.0.0:0
 target_pid=$started
-target_port=$(wait_log target "bench target listening" | field addr | sed 's/.*://')
+line=$(wait_log target "bench target listening" "$target_pid")
+target_port=$(port "$(field "$line" addr)")
 
 results=$work/results.json
 echo '{}' >"$results"
@@ -96,9 +86,9 @@ loopback_stub() {
   start stub "$tether" stub --certs "$certs" --quic-listen 127.0.0.1:0 --https-listen 127.0.0.1:0 --audit-log off \
     --max-requests-per-user 0
   stub_pid=$started
-  line=$(wait_log stub "stub listening")
-  quic_port=$(echo "$line" | field quic | sed 's/.*://')
-  https_port=$(echo "$line" | field https | sed 's/.*://')
+  line=$(wait_log stub "stub listening" "$stub_pid")
+  quic_port=$(port "$(field "$line" quic)")
+  https_port=$(port "$(field "$line" https)")
 }
 
 # ---- 3. memory (loopback) ------------------------------------------------------------------
@@ -108,14 +98,14 @@ loopback_stub
   --stub-pid "$stub_pid" -d 1s --json --quiet >"$work/swarm.json"
 record swarm "$(cat "$work/swarm.json")"
 
-stop "$stub_pid"
+stop_pid "$stub_pid" stub
 
 log "memory: 1,000 held watches through one agent connection"
 loopback_stub
 start agent "$tether" agent --certs "$certs" --cluster dev --name agent-0 --stub "localhost:$quic_port" \
   --upstream "http://127.0.0.1:$target_port"
 agent_pid=$started
-wait_log agent "connected to stub" >/dev/null
+wait_log agent "connected to stub" "$agent_pid" >/dev/null
 stub_idle=$(rss_kib "$stub_pid"); agent_idle=$(rss_kib "$agent_pid")
 "$tether" bench --target "https://127.0.0.1:$https_port/clusters/dev" --token "$token" --ca "$certs/ca.crt" \
   --mix watch --hold-watches -c 1000 --connections 2 -d 6s --json --quiet >"$work/watches.json" &
@@ -129,12 +119,12 @@ record streams "{\"held\": $held, \"stub_kib_per_stream\": $(( (stub_busy - stub
 
 # ---- 4. reconnect after a stub restart (loopback) -------------------------------------------
 log "reconnect: time until a request succeeds after the stub restarts"
-stop "$stub_pid"
+stop_pid "$stub_pid" stub
 start stub2 "$tether" stub --certs "$certs" --quic-listen "127.0.0.1:$quic_port" --https-listen "127.0.0.1:$https_port" \
   --audit-log off
 stub_pid=$started
 t0=$(date +%s%N)
-wait_log stub2 "stub listening" >/dev/null
+wait_log stub2 "stub listening" "$stub_pid" >/dev/null
 ok=false
 for _ in $(seq 1 200); do
   if curl -s -o /dev/null -w '%{http_code}' --noproxy '*' --cacert "$certs/ca.crt" -H "Authorization: Bearer $token" \
@@ -143,7 +133,7 @@ for _ in $(seq 1 200); do
 done
 $ok || die "no request succeeded within 4 s of the stub restart"
 record reconnect "{\"ms\": $(( ($(date +%s%N) - t0) / 1000000 ))}"
-stop "$stub_pid"; stop "$agent_pid"
+stop_pid "$stub_pid" stub2; stop_pid "$agent_pid" agent
 
 # ---- 1 and 2: across an emulated link (root) -----------------------------------------------
 if [ "$(id -u)" != 0 ] || [ ! -e /dev/net/tun ]; then
@@ -152,26 +142,24 @@ else
   index=$(( ($$ % 200) + 20 ))
   ns=tether-bench-$index
   link_up() { # loss%
-    : >"$work/link.log"
-    TETHER_LOG=info "$tether" link --name "$ns" --index "$index" --loss "$1" --delay 10ms --seed 7 --lifetime 30m \
-      >"$work/link.log" 2>&1 &
-    link_pid=$!
-    wait_log link "link up" >/dev/null
-    : >"$work/stubns.log"
-    TETHER_LOG=info ip netns exec "$ns" "$tether" stub --certs "$certs" --quic-listen 0.0.0.0:0 \
-      --https-listen 0.0.0.0:0 --audit-log off --max-requests-per-user 0 >"$work/stubns.log" 2>&1 &
-    stub_pid=$!; pids+=("$stub_pid")
-    line=$(wait_log stubns "stub listening")
-    quic_port=$(echo "$line" | field quic | sed 's/.*://')
-    https_port=$(echo "$line" | field https | sed 's/.*://')
+    spawn link "$work/link.log" env TETHER_LOG=info "$tether" link --name "$ns" --index "$index" \
+      --loss "$1" --delay 10ms --seed 7 --lifetime 30m
+    link_pid=$SPAWNED_PID
+    wait_log link "link up" "$link_pid" >/dev/null
+    spawn stubns "$work/stubns.log" env TETHER_LOG=info ip netns exec "$ns" "$tether" stub --certs "$certs" \
+      --quic-listen 0.0.0.0:0 --https-listen 0.0.0.0:0 --audit-log off --max-requests-per-user 0
+    stub_pid=$SPAWNED_PID
+    line=$(wait_log stubns "stub listening" "$stub_pid")
+    quic_port=$(port "$(field "$line" quic)")
+    https_port=$(port "$(field "$line" https)")
   }
-  link_down() { stop "$stub_pid"; stop "$link_pid"; link_pid=; }
+  link_down() { stop_pid "$stub_pid" stubns; stop_pid "$link_pid" link; }
   agent_up() { # transport
-    : >"$work/agentns.log"
-    TETHER_LOG=info "$tether" agent --certs "$certs" --cluster dev --name agent-0 --stub "10.201.$index.1:$quic_port" \
-      --server-name localhost --upstream "http://127.0.0.1:$target_port" --transport "$1" >"$work/agentns.log" 2>&1 &
-    agent_pid=$!; pids+=("$agent_pid")
-    wait_log agentns "connected to stub" >/dev/null
+    spawn agentns "$work/agentns.log" env TETHER_LOG=info "$tether" agent --certs "$certs" --cluster dev \
+      --name agent-0 --stub "10.201.$index.1:$quic_port" --server-name localhost \
+      --upstream "http://127.0.0.1:$target_port" --transport "$1"
+    agent_pid=$SPAWNED_PID
+    wait_log agentns "connected to stub" "$agent_pid" >/dev/null
   }
   # bench inside the stub's namespace: through the stub, or straight across the link.
   nsbench() { ip netns exec "$ns" "$tether" bench --quiet --json "$@"; }
@@ -188,7 +176,7 @@ else
   nsbench "${t[@]}" --mix list --list-path "/list?bytes=20000000" -c 4 -d "${secs}s" >"$work/tunnel-bulk.json"
   record direct_small "$(cat "$work/direct-small.json")"; record tunnel_small "$(cat "$work/tunnel-small.json")"
   record direct_bulk "$(cat "$work/direct-bulk.json")"; record tunnel_bulk "$(cat "$work/tunnel-bulk.json")"
-  stop "$agent_pid"; link_down
+  stop_pid "$agent_pid" agentns; link_down
 
   for loss in 0 1 5; do
     link_up "$loss"
@@ -205,7 +193,7 @@ else
       record "small_${transport}_$loss" "$(cat "$work/small-$transport-$loss.json")"
       # Goodput counts whole 5 MB downloads only, so it slightly understates the last seconds.
       record "bulk_${transport}_$loss" "$(cat "$work/bulk-$transport-$loss.json")"
-      stop "$agent_pid"
+      stop_pid "$agent_pid" agentns
     done
     link_down
   done
@@ -249,7 +237,9 @@ cat "$out/results.md"
 venv=${XDG_CACHE_HOME:-$HOME/.cache}/tether/bench-venv
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import matplotlib' 2>/dev/null; then
   log "installing matplotlib into $venv (once)"
-  python3 -m venv "$venv" && "$venv/bin/pip" install --quiet matplotlib || log "no matplotlib: no chart"
+  if ! { python3 -m venv "$venv" && "$venv/bin/pip" install --quiet matplotlib; }; then
+    log "no matplotlib: no chart"
+  fi
 fi
 if "$venv/bin/python" -c 'import matplotlib' 2>/dev/null && python3 -c "import json,sys; sys.exit(0 if 'small_quic_0' in json.load(open('$out/results.json')) else 1)"; then
   "$venv/bin/python" - "$out/results.json" "$out/chart.png" <<'PY'

@@ -19,14 +19,15 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-prog=${0##*/}
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
 
 smoke=false
 case ${1:-} in
   "") ;;
   --smoke) smoke=true ;;
   -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-  *) echo "usage: $prog [--smoke]" >&2; exit 2 ;;
+  *) echo "usage: $PROG [--smoke]" >&2; exit 2 ;;
 esac
 
 # How long to wait for a process to log that it is ready, or for RBAC to apply.
@@ -34,13 +35,11 @@ PATIENCE=${DEMO_PATIENCE:-60}
 
 if [[ -t 1 ]]; then bold=$'\e[1m' green=$'\e[32m' red=$'\e[31m' off=$'\e[0m'
 else bold='' green='' red='' off=''; fi
+DIE_COLOR=$red # lib.sh's die prints its line in red
 step() { printf '\n%s==> %s%s\n' "$bold" "$*" "$off"; }
 info() { printf '    %s\n' "$*"; }
-die() { printf '%s%s: error: %s%s\n' "$red" "$prog" "$*" "$off" >&2; exit 1; }
 
-for cmd in cargo kubectl ps; do
-  command -v "$cmd" >/dev/null || die "$cmd is not installed"
-done
+need_cmds cargo kubectl
 
 demo=$(mktemp -d "${TMPDIR:-/tmp}/tether-demo.XXXXXX")
 certs=$demo/certs
@@ -51,41 +50,19 @@ export KUBECACHEDIR=$demo/kube-cache
 unset KUBECONFIG
 
 # -- cleanup: exactly what this script started ----------------------------------------------------
-pids=()         # stub and agents, children of this shell
+# The stub and the agents are started with lib.sh's spawn, which remembers them for stop_spawned.
 cluster_started=false
 failures=0
 
-# alive PID: the process runs (an exited child stays a zombie until we `wait` for it, and
-# `kill -0` would still succeed on it).
-alive() {
-  local state
-  state=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
-  [[ $state != Z* ]]
-}
-
-stop_pid() { # stop_pid PID NAME: SIGTERM (agents drain, the stub says goodbye), then SIGKILL
-  local pid=$1 name=$2 i
-  alive "$pid" || { wait "$pid" 2>/dev/null; return 0; }
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 100; i++)); do alive "$pid" || break; sleep 0.1; done
-  if alive "$pid"; then
-    info "$name (pid $pid) did not stop within 10 s; killing it"
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-}
-
+# shellcheck disable=SC2317 # runs from the EXIT trap, which shellcheck 0.9 takes for unreachable
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   set +e
-  if ((${#pids[@]})); then
+  if ((${#SPAWNED[@]})); then
     step "stopping the agents and the stub"
-    local i
     # Agents first (they drain), then the stub: reverse order of start.
-    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-      stop_pid "${pids[i]%%:*}" "${pids[i]#*:}"
-    done
+    stop_spawned
   fi
   if $cluster_started; then
     step "stopping the dev cluster"
@@ -102,24 +79,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-# wait_for_line FILE NEEDLE PID NAME: until FILE (a process's log) has a line containing NEEDLE;
-# fails if the process exits first or PATIENCE seconds pass. Prints the line.
-wait_for_line() {
-  local file=$1 needle=$2 pid=$3 name=$4 deadline=$((SECONDS + PATIENCE)) line
-  while :; do
-    if line=$(grep -m1 -F -- "$needle" "$file" 2>/dev/null); then
-      printf '%s\n' "$line"
-      return 0
-    fi
-    alive "$pid" || { tail -n 20 "$file" >&2; die "$name exited (log: $file)"; }
-    ((SECONDS < deadline)) || { tail -n 20 "$file" >&2; die "$name did not log \"$needle\" within ${PATIENCE}s (log: $file)"; }
-    sleep 0.1
-  done
-}
-
-# field LINE KEY: the value of KEY=VALUE in a log line.
-field() { sed -n "s/.*[[:space:]]$2=\([^[:space:]]*\).*/\1/p" <<<"$1"; }
 
 # -- 1. build and certificates ---------------------------------------------------------------------
 step "building tether (cargo build)"
@@ -139,11 +98,10 @@ admin() { kubectl --kubeconfig "$ADMIN_KUBECONFIG" "$@"; }
 
 # -- 3. stub and agents ----------------------------------------------------------------------------
 step "starting the stub"
-"$tether" stub --certs "$certs" --quic-listen 127.0.0.1:0 --https-listen 127.0.0.1:0 \
-  --audit-log "$demo/stub-audit.log" >"$demo/stub.log" 2>&1 &
-stub_pid=$!
-pids+=("$stub_pid:stub")
-line=$(wait_for_line "$demo/stub.log" "stub listening" "$stub_pid" stub)
+spawn stub "$demo/stub.log" "$tether" stub --certs "$certs" --quic-listen 127.0.0.1:0 \
+  --https-listen 127.0.0.1:0 --audit-log "$demo/stub-audit.log"
+stub_pid=$SPAWNED_PID
+line=$(wait_for_line "$demo/stub.log" "stub listening" "$stub_pid" stub "$PATIENCE")
 quic=$(field "$line" quic)
 https=$(field "$line" https)
 [[ -n $quic && -n $https ]] || die "cannot read the stub's addresses from: $line"
@@ -153,11 +111,10 @@ info "its audit log: $demo/stub-audit.log"
 
 step "starting two agents for cluster dev (credential: $AGENT_KUBECONFIG, may only impersonate)"
 for name in agent-0 agent-1; do
-  "$tether" agent --certs "$certs" --cluster dev --name "$name" --stub "localhost:${quic##*:}" \
-    --kubeconfig "$AGENT_KUBECONFIG" >"$demo/$name.log" 2>&1 &
-  pid=$!
-  pids+=("$pid:$name")
-  wait_for_line "$demo/$name.log" "connected to stub" "$pid" "$name" >/dev/null
+  spawn "$name" "$demo/$name.log" "$tether" agent --certs "$certs" --cluster dev --name "$name" \
+    --stub "localhost:${quic##*:}" --kubeconfig "$AGENT_KUBECONFIG"
+  pid=$SPAWNED_PID
+  wait_for_line "$demo/$name.log" "connected to stub" "$pid" "$name" "$PATIENCE" >/dev/null
   info "$name (pid $pid) connected to the stub"
 done
 
@@ -316,5 +273,5 @@ EOF
 # Until Ctrl-C (the INT trap exits; cleanup stops everything), or until one of our processes
 # dies, which ends the demo with an error.
 rc=0
-wait -n "${pids[@]%%:*}" || rc=$?
+wait -n "${SPAWNED[@]%%:*}" || rc=$?
 die "a tether process exited (status $rc); see the logs in $demo"

@@ -19,7 +19,7 @@ fi
 say "real kube-apiserver and etcd for the end-to-end tests (built once, cached outside the repo)"
 # The first run on a machine builds kube-apiserver v1.20.2 from Debian's source package (about
 # 5-9 minutes on 2 cores); later runs find it in ${TETHER_CACHE:-~/.cache/tether}.
-bash scripts/dev-cluster.sh build
+bash scripts/kube-build.sh
 if ! command -v kubectl >/dev/null; then
   echo "error: kubectl is not installed; the end-to-end tests drive the real kubectl" >&2
   exit 1
