@@ -61,6 +61,20 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
+/// Whether `name` (lowercase) is a header by which a caller could speak for someone at the API
+/// server: its own credential, impersonation, or the `X-Remote-*` headers of the API server's
+/// request-header authenticator. Neither stub nor agent ever forwards one from a caller.
+pub fn speaks_for_someone(name: &str) -> bool {
+    name == "authorization" || name.starts_with("impersonate-") || name.starts_with("x-remote-")
+}
+
+/// Whether `name` (lowercase) says where a request came from. The API server records
+/// `X-Forwarded-For` first in its audit events' `sourceIPs`, so a caller must not choose it: the
+/// stub drops these and sets `X-Forwarded-For` to the address it saw.
+pub fn says_where_from(name: &str) -> bool {
+    matches!(name, "x-forwarded-for" | "x-real-ip" | "forwarded")
+}
+
 /// Whether a request or response switches protocols (HTTP/1.1 `Upgrade`, as kubectl exec,
 /// attach and port-forward do with SPDY/3.1 or WebSocket).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {

@@ -112,7 +112,8 @@ async fn a_client_without_a_certificate_gets_no_connection() {
     let pki = Pki::new();
     pki.agent("dev", "agent-0");
     let upstream = Upstream::start().await;
-    let stub = StubProc::start(&pki).await;
+    let mut stub = StubProc::start_with(&pki, &["--admin-listen", "127.0.0.1:0"]).await;
+    let admin = support::admin::admin_addr(&stub.proc.wait_for("admin listening").await);
     let ca = tether::identity::files::load_certs(&pki.dir.ca_cert()).unwrap();
     let mut tls = rustls::ClientConfig::builder_with_provider(tether::identity::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -122,7 +123,7 @@ async fn a_client_without_a_certificate_gets_no_connection() {
     tls.alpn_protocols = vec![tether::wire::ALPN.to_vec()];
     let tuning = tether::transport::quic::Tuning::default();
     let endpoint = tether::transport::quic::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
-    let config = tether::transport::quic::client_config(tls, &tuning).unwrap();
+    let config = tether::transport::quic::client_config(tls.clone(), &tuning).unwrap();
     let conn = endpoint.connect_with(config, stub.quic.parse().unwrap(), "localhost").unwrap().await;
     // TLS 1.3: our side may finish before the stub judges us; the refusal then arrives on the
     // first stream operation.
@@ -137,6 +138,18 @@ async fn a_client_without_a_certificate_gets_no_connection() {
     };
     let explained = tether::transport::explain::closed(&err);
     assert!(explained.contains("requires a client certificate"), "{explained}");
+    // The same over the TCP fallback: TLS without a client certificate.
+    let tcp = tokio::net::TcpStream::connect(&stub.quic).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut over_tcp = tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(name, tcp).await.unwrap();
+    let mut nothing = Vec::new();
+    let refused = tokio::io::AsyncReadExt::read_to_end(&mut over_tcp, &mut nothing).await;
+    assert!(refused.is_err() || nothing.is_empty(), "the stub answered a client without a certificate");
+    // Both refusals are counted, with their reason.
+    let series = r#"tether_agent_refusals_total{reason="no_certificate"}"#;
+    let metrics =
+        support::admin::scrape_until(&admin, series, |m| support::admin::sample(m, series) == Some(2.0)).await;
+    assert_eq!(support::admin::sample(&metrics, series), Some(2.0));
     assert_nothing_reached(&pki, &stub, &upstream, "dev").await;
     let _ = Arc::new(endpoint);
 }

@@ -107,3 +107,20 @@ fn bootstrap_makes_everything_once_and_keeps_it() {
     run();
     assert!(snapshot(&dir) == before, "a second run must change nothing");
 }
+
+#[test]
+fn tokens_are_not_minted_for_empty_or_padded_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    assert!(tether(&["certs", "issuer", "--dir", dir]).status.success());
+    for (args, problem) in [
+        (vec!["--user", ""], "user name is empty"),
+        (vec!["--user", "alice "], "user name \"alice \" begins or ends with white space"),
+        (vec!["--user", "alice", "--group", ""], "group name is empty"),
+    ] {
+        let out = tether(&[&["token", "--certs", dir, "--cluster", "dev"][..], &args[..]].concat());
+        assert!(!out.status.success(), "{args:?} minted a token");
+        assert!(text(&out.stderr).contains(problem), "{args:?}: {}", text(&out.stderr));
+        assert!(out.stdout.is_empty(), "no token printed");
+    }
+}

@@ -130,23 +130,6 @@ async fn ten_thousand_watches_share_one_agent_connection_and_each_gets_its_event
     );
 }
 
-/// Bytes the upstream has produced once it stops producing: polled until unchanged for a
-/// second (bounded). The clients never read, so flow control must stop it.
-async fn bytes_sent_when_settled(upstream: &Upstream) -> u64 {
-    let deadline = tokio::time::Instant::now() + support::PATIENCE;
-    let (mut last, mut unchanged_since) = (upstream.bytes_sent(), tokio::time::Instant::now());
-    loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = upstream.bytes_sent();
-        if now != last {
-            (last, unchanged_since) = (now, tokio::time::Instant::now());
-        } else if unchanged_since.elapsed() >= Duration::from_secs(1) {
-            return now;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the upstream never stopped sending: {now} bytes");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_never_read_do_not_grow_stub_or_agent_memory() {
     const SLOW_READERS: usize = 4;
@@ -169,7 +152,7 @@ async fn clients_that_never_read_do_not_grow_stub_or_agent_memory() {
         assert_eq!(response.status(), 200);
         stalled.push((client, response));
     }
-    let sent = bytes_sent_when_settled(&upstream).await;
+    let sent = upstream.bytes_sent_when_settled().await;
     eprintln!("{SLOW_READERS} clients that never read: the upstream stopped after {} MiB", sent >> 20);
     assert!(sent < SLOW_READERS as u64 * SENT_BOUND_EACH, "the upstream sent {} MiB", sent >> 20);
 
@@ -195,15 +178,17 @@ async fn clients_that_never_read_do_not_grow_stub_or_agent_memory() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn responses_left_unread_are_dropped_so_they_cannot_stall_the_agent_connection() {
-    // Twelve unread responses hold 12 x 2 MiB of stream windows, more than the agent
-    // connection's 16 MiB window: nothing else on it moves until they are dropped.
+async fn responses_left_unread_past_the_stalled_reader_timeout_are_dropped() {
+    // Twelve unread responses, each given a window of its own (no unread limits here): the
+    // connection serves others meanwhile, and the timeout drops every one of them.
     const SLOW_READERS: usize = 12;
     let pki = Pki::new();
     pki.agent("dev", "agent-0");
     let upstream = Upstream::start().await;
     let timeout = std::env::var("TETHER_TEST_STALLED_TIMEOUT").unwrap_or_else(|_| "2s".into());
-    let mut stub = StubProc::start_with(&pki, &["--audit-log", "off", "--stalled-reader-timeout", &timeout]).await;
+    let unlimited = ["--max-unread-per-user", "0", "--max-unread-per-agent", "0"];
+    let args = [&["--audit-log", "off", "--stalled-reader-timeout", &timeout][..], &unlimited[..]].concat();
+    let mut stub = StubProc::start_with(&pki, &args).await;
     let mut agent = spawn_agent(&pki, &stub, "dev", "agent-0", &upstream.url(), &[]);
     agent.wait_for("connected to stub").await;
 
@@ -211,7 +196,6 @@ async fn responses_left_unread_are_dropped_so_they_cannot_stall_the_agent_connec
     for i in 0..SLOW_READERS {
         let client = front_client(&pki, i % 2 == 0);
         let request = client.get(format!("{}/clusters/dev/bytes/{}", stub.url, 1u64 << 30).parse().unwrap());
-        // Without the timeout, even the response heads stop arriving once the window is gone.
         let response = tokio::time::timeout(support::PATIENCE, request).await.expect("a response head arrives");
         assert_eq!(response.as_ref().unwrap().status(), 200);
         stalled.push((client, response));

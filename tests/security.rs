@@ -96,7 +96,7 @@ async fn a_hostile_agent_cannot_hurt_the_stub_with_bad_frames() {
 }
 
 /// Reads until the server closes (or `limit` passes); returns what was read.
-async fn read_until_closed(stream: &mut (impl tokio::io::AsyncRead + Unpin), limit: Duration) -> Vec<u8> {
+async fn read_until_closed(stream: &mut (impl tokio::io::AsyncRead + Unpin + ?Sized), limit: Duration) -> Vec<u8> {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(limit, stream.read_to_end(&mut out)).await.expect("the stub closed the connection");
     out
@@ -207,6 +207,9 @@ async fn forged_tokens_are_refused_with_401() {
     let mut future = claims();
     future.iat += 86_400 * 365;
     future.exp += 86_400 * 365;
+    // Signed by the real issuer, as a careless one might: an empty user would be no
+    // impersonation at all (the agent's own identity), a padded one trimmed by the API server.
+    let named = |user: &str| Claims::new(user, &[], &["dev".into()], Duration::from_secs(600));
     let cases = [
         ("alg none", format!("{}.{payload}.", b64(br#"{"alg":"none","typ":"JWT"}"#))),
         ("alg HS256 keyed with the public key", format!("{}.{payload}.{}", b64(br#"{"alg":"HS256"}"#), b64(b"sig"))),
@@ -214,6 +217,8 @@ async fn forged_tokens_are_refused_with_401() {
         ("wrong issuer", issuer.sign(&wrong_issuer)),
         ("wrong audience", issuer.sign(&wrong_audience)),
         ("issued a year from now", issuer.sign(&future)),
+        ("an empty user", issuer.sign(&named(""))),
+        ("a padded user", issuer.sign(&named(" alice"))),
     ];
     for (what, token) in cases {
         let client = front_client(&pki, false).with_token(Some(token));
@@ -221,4 +226,267 @@ async fn forged_tokens_are_refused_with_401() {
         assert_eq!(status, 401, "{what}: {}", String::from_utf8_lossy(&body));
     }
     assert_eq!(upstream.requests(), 0, "no forged token reached the upstream");
+}
+
+#[tokio::test]
+async fn identity_looking_headers_never_reach_the_api_server_and_the_stub_says_where_the_caller_is() {
+    let pki = Pki::new();
+    pki.agent("dev", "agent-0");
+    let upstream = Upstream::start().await;
+    let stub = StubProc::start_with(&pki, &["--audit-log", "off"]).await;
+    let _agent = start_agent(&pki, &stub, "dev", "agent-0", &upstream.url()).await;
+    for h2 in [false, true] {
+        let client = front_client(&pki, h2);
+        let mut request = http::Request::get(format!("{}/clusters/dev/echo", stub.url));
+        for (name, value) in [
+            ("X-Remote-User", "system:admin"),
+            ("x-remote-group", "system:masters"),
+            ("X-Remote-Extra-Scopes", "everything"),
+            ("X-Forwarded-For", "6.6.6.6"),
+            ("X-Real-Ip", "6.6.6.6"),
+            ("Forwarded", "for=6.6.6.6"),
+        ] {
+            request = request.header(name, value);
+        }
+        let response = client.request(request.body(tether::bridge::empty()).unwrap()).await.unwrap();
+        assert_eq!(response.status(), 200);
+        // Only what the stub itself set: the address it saw the caller at.
+        assert_eq!(response.headers()["x-identity-seen"], "x-forwarded-for=127.0.0.1", "h2={h2}");
+    }
+}
+
+/// Real QUIC Initial packets, each with a fresh connection id: quinn clients dialling a socket
+/// that never answers, which captures them.
+async fn captured_initials(pki: &Pki, count: usize) -> Vec<Vec<u8>> {
+    use tether::identity::files;
+    let ca = files::load_certs(&pki.dir.ca_cert()).unwrap();
+    let chain = files::load_certs(&pki.dir.agent_cert("dev", "agent-0")).unwrap();
+    let key = files::load_key(&pki.dir.agent_key("dev", "agent-0")).unwrap();
+    let tls = tether::identity::tls::agent_dialer(&ca, chain, key).unwrap();
+    let config = tether::transport::quic::client_config(tls, &tether::transport::quic::Tuning::default()).unwrap();
+    let endpoint = tether::transport::quic::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    let capture = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut initials = Vec::with_capacity(count);
+    let mut dialling = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while initials.len() < count {
+        // A batch at a time, so that the capture socket's buffer never overflows.
+        for _ in 0..50 {
+            dialling.push(endpoint.connect_with(config.clone(), capture.local_addr().unwrap(), "localhost").unwrap());
+        }
+        for _ in 0..50 {
+            let n = tokio::time::timeout(support::PATIENCE, capture.recv(&mut buf)).await.unwrap().unwrap();
+            initials.push(buf[..n].to_vec());
+        }
+    }
+    initials.truncate(count);
+    drop(dialling);
+    endpoint.close(0u32.into(), b"");
+    initials
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_quic_initials_keeps_no_state_and_is_not_amplified() {
+    const FLOOD: usize = 2000;
+    let pki = Pki::new();
+    pki.agent("dev", "agent-0");
+    let upstream = Upstream::start().await;
+    let mut stub = StubProc::start_with(&pki, &["--audit-log", "off", "--admin-listen", "127.0.0.1:0"]).await;
+    let admin = support::admin::admin_addr(&stub.proc.wait_for("admin listening").await);
+    let initials = captured_initials(&pki, FLOOD).await;
+    let rss = |pid: u32| tether::bench::swarm::rss_kib(pid).unwrap() << 10;
+    let before = rss(stub.proc.pid());
+
+    // From 64 addresses (ports) that never answer: each Initial once, as fast as it goes.
+    let mut flooders = Vec::new();
+    for _ in 0..64 {
+        flooders.push(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    }
+    let mut sent = 0;
+    for (i, initial) in initials.iter().enumerate() {
+        sent += flooders[i % flooders.len()].send_to(initial, &stub.quic).await.unwrap();
+    }
+    // What comes back to each address, until the stub has been quiet for a second.
+    let mut listening = Vec::new();
+    for socket in flooders {
+        listening.push(tokio::spawn(async move {
+            let (mut answered, mut buf) = (0, vec![0u8; 65536]);
+            while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), socket.recv(&mut buf)).await {
+                answered += n;
+            }
+            answered
+        }));
+    }
+    let mut answered = 0;
+    for listener in listening {
+        answered += listener.await.unwrap();
+    }
+    let grown = rss(stub.proc.pid()).saturating_sub(before);
+    eprintln!(
+        "{FLOOD} Initials ({} KiB) from 64 silent addresses: {} KiB sent back ({:.2}x), stub memory +{} KiB",
+        sent >> 10,
+        answered >> 10,
+        answered as f64 / sent as f64,
+        grown >> 10
+    );
+    assert!(answered < sent / 2, "the stub answered {answered} bytes to {sent}: amplification");
+    assert!(grown < 16 << 20, "the stub grew by {} MiB", grown >> 20);
+    let retries = "tether_quic_retries_total";
+    let metrics = support::admin::scrape_until(&admin, retries, |m| support::admin::sample(m, retries).is_some()).await;
+    assert!(support::admin::sample(&metrics, retries).unwrap() >= (FLOOD / 2) as f64, "{metrics}");
+    // A real agent still gets in (through its own Retry) and serves.
+    let _agent = start_agent(&pki, &stub, "dev", "agent-0", &upstream.url()).await;
+    let (status, _, _) = call(&front_client(&pki, false), "GET", &format!("{}/clusters/dev/echo", stub.url), "").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn silent_and_idle_front_door_connections_are_closed_but_a_watch_is_not() {
+    let pki = Pki::new();
+    pki.agent("dev", "agent-0");
+    let upstream = Upstream::start().await;
+    // (HTTP/1.1 closes a kept-alive connection after the header timeout by itself: the idle
+    // timeout is the shorter one here, so that the stub's own is what closes it.)
+    let args = ["--audit-log", "off", "--header-timeout", "3s", "--client-idle-timeout", "1s"];
+    let mut stub = StubProc::start_with(&pki, &[&args[..], &["--admin-listen", "127.0.0.1:0"]].concat()).await;
+    let admin = support::admin::admin_addr(&stub.proc.wait_for("admin listening").await);
+    let _agent = start_agent(&pki, &stub, "dev", "agent-0", &upstream.url()).await;
+    let token = pki.token("tester", &[], &["dev"]);
+
+    // A watch open for longer than the idle timeout: a request in flight, never idle.
+    let watcher = front_client(&pki, true);
+    let watch = watcher.get(format!("{}/clusters/dev/watch", stub.url).parse().unwrap()).await.unwrap();
+    assert_eq!(watch.status(), 200);
+
+    let started = Instant::now();
+    // Silent after the TLS handshake: over HTTP/1.1, HTTP/2 with its preface, HTTP/2 without.
+    let mut silent_h1 = support::front_door_tls_from(&pki, &stub, b"http/1.1", "127.0.0.1").await;
+    let mut silent_h2 = support::front_door_tls_from(&pki, &stub, b"h2", "127.0.0.1").await;
+    silent_h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.unwrap();
+    let mut silent_bare = support::front_door_tls_from(&pki, &stub, b"h2", "127.0.0.1").await;
+    // Idle after one request on a kept-alive connection.
+    let mut idle = support::front_door_tls(&pki, &stub).await;
+    let request = format!("GET /clusters/dev/echo HTTP/1.1\r\nhost: stub\r\nauthorization: Bearer {token}\r\n\r\n");
+    idle.write_all(request.as_bytes()).await.unwrap();
+    let answer = read_until_closed(&mut idle, Duration::from_secs(10)).await;
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    let idle_closed = started.elapsed();
+    for (what, stream) in [
+        ("silent HTTP/1.1", &mut silent_h1 as &mut (dyn tokio::io::AsyncRead + Unpin + Send)),
+        ("silent HTTP/2 with its preface", &mut silent_h2),
+        ("silent HTTP/2 without", &mut silent_bare),
+    ] {
+        read_until_closed(stream, Duration::from_secs(10)).await;
+        eprintln!("{what}: closed after {:.1?}", started.elapsed());
+    }
+    eprintln!("idle after a request: closed after {idle_closed:.1?}");
+    assert!(idle_closed < Duration::from_secs(3), "the idle one closed after {idle_closed:?}");
+    assert!(started.elapsed() < Duration::from_secs(8), "the silent ones closed after {:?}", started.elapsed());
+    let silent = r#"tether_front_door_closed_total{reason="silent"}"#;
+    let idle_series = r#"tether_front_door_closed_total{reason="idle"}"#;
+    let metrics = support::admin::scrape_until(&admin, "silent and idle closes", |m| {
+        support::admin::sample(m, silent) == Some(3.0) && support::admin::sample(m, idle_series) == Some(1.0)
+    })
+    .await;
+    assert_eq!(support::admin::sample(&metrics, "tether_front_door_connections"), Some(1.0), "the watch's");
+
+    // The watch outlived them all and still gets its events.
+    upstream.send_event();
+    let mut body = watch.into_body();
+    let event = tokio::time::timeout(support::PATIENCE, http_body_util::BodyExt::frame(&mut body));
+    let event = event.await.unwrap().unwrap().unwrap();
+    assert_eq!(event.into_data().unwrap(), "event-1\n");
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limits_are_closed_at_once_and_other_sources_still_get_in() {
+    let pki = Pki::new();
+    pki.agent("dev", "agent-0");
+    let upstream = Upstream::start().await;
+    let args = ["--audit-log", "off", "--max-connections-per-source", "50", "--max-connections", "80"];
+    let mut stub = StubProc::start_with(&pki, &[&args[..], &["--admin-listen", "127.0.0.1:0"]].concat()).await;
+    let admin = support::admin::admin_addr(&stub.proc.wait_for("admin listening").await);
+    let _agent = start_agent(&pki, &stub, "dev", "agent-0", &upstream.url()).await;
+
+    /// Opens `n` TCP connections from `source` that never speak; returns them and how many the
+    /// stub closed at once.
+    async fn flood(stub: &StubProc, source: &str, n: usize) -> (Vec<tokio::net::TcpStream>, usize) {
+        let mut open = Vec::new();
+        for _ in 0..n {
+            open.push(support::front_door_tcp(stub, source).await);
+        }
+        // Taken ones wait for a TLS ClientHello: silence. Refused ones read end of stream.
+        let reads = open.iter_mut().map(|stream| async move {
+            let mut byte = [0u8; 1];
+            matches!(tokio::time::timeout(Duration::from_millis(500), stream.read(&mut byte)).await, Ok(Ok(0)))
+        });
+        let closed = futures_util::future::join_all(reads).await.into_iter().filter(|closed| *closed).count();
+        (open, closed)
+    }
+    let (_first, closed) = flood(&stub, "127.0.0.1", 60).await;
+    assert_eq!(closed, 10, "the per-source limit");
+    // Another address is not held back by the first one's limit, only by the total.
+    let (_second, closed) = flood(&stub, "127.0.0.2", 40).await;
+    assert_eq!(closed, 10, "the total limit");
+    let metrics = support::admin::scrape_until(&admin, "limit closes", |m| {
+        support::admin::sample(m, r#"tether_front_door_closed_total{reason="limit_total"}"#) == Some(10.0)
+    })
+    .await;
+    assert_eq!(
+        support::admin::sample(&metrics, r#"tether_front_door_closed_total{reason="limit_source"}"#),
+        Some(10.0)
+    );
+    assert_eq!(support::admin::sample(&metrics, "tether_front_door_connections"), Some(80.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_silent_tls_connections_stays_bounded_and_goes_away() {
+    const FLOOD: usize = 600;
+    let pki = Pki::new();
+    let args = ["--audit-log", "off", "--header-timeout", "3s", "--admin-listen", "127.0.0.1:0"];
+    let mut stub = StubProc::start_with(&pki, &args).await;
+    let admin = support::admin::admin_addr(&stub.proc.wait_for("admin listening").await);
+    let fds = |pid: u32| std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let rss = |pid: u32| tether::bench::swarm::rss_kib(pid).unwrap() << 10;
+    let (fds_before, rss_before) = (fds(stub.proc.pid()), rss(stub.proc.pid()));
+    // TLS handshakes done, then nothing: what costs the stub most per connection.
+    let mut flood = Vec::new();
+    for _ in 0..FLOOD {
+        let tcp = support::front_door_tcp(&stub, "127.0.0.1").await;
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let roots = tether::identity::tls::roots(&tether::identity::files::load_certs(&pki.dir.ca_cert()).unwrap());
+        let tls = rustls::ClientConfig::builder_with_provider(tether::identity::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots.unwrap())
+            .with_no_client_auth();
+        // A refused connection fails its handshake: that is the point.
+        if let Ok(stream) = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls)).connect(name, tcp).await {
+            flood.push(stream);
+        }
+    }
+    let (fds_during, rss_during) = (fds(stub.proc.pid()), rss(stub.proc.pid()));
+    let metrics = support::admin::scrape_until(&admin, "open connections", |m| {
+        support::admin::sample(m, "tether_front_door_connections") == Some(512.0)
+    })
+    .await;
+    eprintln!(
+        "{FLOOD} silent TLS connections: {} taken, stub +{} descriptors, +{} KiB",
+        support::admin::sample(&metrics, "tether_front_door_connections").unwrap(),
+        fds_during - fds_before,
+        (rss_during.saturating_sub(rss_before)) >> 10
+    );
+    assert!(fds_during - fds_before <= 512 + 8, "descriptors beyond the per-source limit");
+    assert!(
+        rss_during.saturating_sub(rss_before) < 48 << 20,
+        "the stub grew by {} MiB",
+        (rss_during - rss_before) >> 20
+    );
+    // The header timeout closes them all; their descriptors go.
+    support::admin::scrape_until(&admin, "all closed", |m| {
+        support::admin::sample(m, "tether_front_door_connections") == Some(0.0)
+    })
+    .await;
+    assert!(fds(stub.proc.pid()) <= fds_before + 8);
+    drop(flood);
 }

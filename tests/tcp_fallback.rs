@@ -78,8 +78,14 @@ async fn over_tcp_an_agent_outside_the_whitelist_is_refused_and_removal_cuts_it_
     let mut agent = tcp_agent(&pki, &stub, "agent-0", &upstream);
     agent.wait_for("connected to stub").await;
     assert_eq!(call(&front_client(&pki, false), "GET", &format!("{}/clusters/dev/echo", stub.url), "").await.0, 200);
-    tether::identity::files::write_atomic(&pki.dir.whitelist(), b"# nobody\n", tether::identity::files::Mode::Public)
-        .unwrap();
+    // (A file that lists no agent at all is refused on a change: keep another cluster's entry.)
+    let others = format!("# dev removed\nprod stranger {}\n", stranger.fingerprint);
+    tether::identity::files::write_atomic(
+        &pki.dir.whitelist(),
+        others.as_bytes(),
+        tether::identity::files::Mode::Public,
+    )
+    .unwrap();
     stub.proc.wait_for("closing connection: certificate removed from the whitelist").await;
     agent.wait_for("certificate not in the stub's whitelist").await;
     assert_eq!(upstream.requests(), 1, "nothing from the refused agent reached the upstream");

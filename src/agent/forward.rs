@@ -79,16 +79,14 @@ fn authenticate(forwarder: &Forwarder, head: &RequestHead) -> Result<Claims, (St
     })
 }
 
-/// Removes every header by which a caller could speak for someone at the API server: its own
-/// `Authorization` (the agent sends its own credential) and all `Impersonate-*` headers (the
-/// agent alone decides whom to impersonate). Header names are lowercase here, so this also
-/// catches `IMPERSONATE-USER` and friends.
+/// Removes every header by which a caller could speak for someone at the API server
+/// ([`bridge::speaks_for_someone`]): its own `Authorization` (the agent sends its own
+/// credential), all `Impersonate-*` headers (the agent alone decides whom to impersonate) and
+/// `X-Remote-*`. Header names are lowercase here, so this also catches `IMPERSONATE-USER` and
+/// friends. The stub has dropped them already; this is the agent's own check.
 pub fn scrub_caller_identity(headers: &mut http::HeaderMap) {
-    let names: Vec<http::HeaderName> = headers
-        .keys()
-        .filter(|name| *name == http::header::AUTHORIZATION || name.as_str().starts_with("impersonate-"))
-        .cloned()
-        .collect();
+    let names: Vec<http::HeaderName> =
+        headers.keys().filter(|name| bridge::speaks_for_someone(name.as_str())).cloned().collect();
     for name in names {
         headers.remove(name);
     }

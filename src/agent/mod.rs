@@ -52,7 +52,7 @@ use upstream::{Upstream, UpstreamSource};
 pub struct AgentConfig {
     pub cluster: String,
     pub name: String,
-    /// `HOST:PORT` of the stub's QUIC listener; resolved again on every dial.
+    /// `HOST:PORT` of the stub's agent listener (UDP and TCP); resolved again on every dial.
     pub stub: String,
     /// Name the stub's certificate must carry; defaults to the host part of `stub`.
     pub server_name: Option<String>,

@@ -21,7 +21,7 @@ pub struct AgentArgs {
     cluster: String,
     #[arg(long, env = "TETHER_NAME")]
     name: String,
-    /// The stub's QUIC address, HOST:PORT.
+    /// The stub's agent address, HOST:PORT (QUIC over UDP, or the TCP fallback on the same port).
     #[arg(long, env = "TETHER_STUB")]
     stub: String,
     /// Name to verify the stub's certificate against (default: the host of --stub).

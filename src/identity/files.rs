@@ -44,7 +44,8 @@ impl CertDir {
     pub fn whitelist(&self) -> PathBuf {
         self.root.join("whitelist")
     }
-    /// Private Ed25519 key that signs user tokens; only `tether token` reads it.
+    /// Private Ed25519 key that signs user tokens; only `tether token` and `tether kubeconfig`
+    /// read it.
     pub fn issuer_key(&self) -> PathBuf {
         self.root.join("issuer.key")
     }

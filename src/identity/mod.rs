@@ -7,7 +7,8 @@
 //! - [`files`]: where a certificate directory keeps what, and safe (atomic, no-clobber) writes.
 //! - [`certs`]: minting the CA, stub and agent certificates and the issuer key pair (rcgen).
 //! - [`verifier`]: the rustls client-certificate verifier that checks chain *and* whitelist.
-//! - [`tls`]: rustls configurations for the QUIC listener, the agent and the front door.
+//! - [`tls`]: rustls configurations for the agent listener (QUIC and TCP), the agent and the
+//!   front door.
 //! - [`token`]: user and service tokens (JWT, EdDSA): minting and verification.
 //! - [`authorize`]: whether a token lets its bearer reach a cluster, decided alike by stub and
 //!   agent.

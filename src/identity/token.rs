@@ -76,6 +76,12 @@ impl Claims {
         }
     }
 
+    /// Checks that the user and every group would reach the API server as themselves.
+    pub fn validate_identity(&self) -> Result<(), super::names::InvalidIdentity> {
+        super::names::validate_identity("user", &self.sub)?;
+        self.groups.iter().try_for_each(|group| super::names::validate_identity("group", group))
+    }
+
     /// Whether this token lets its bearer reach `cluster`.
     pub fn allows_cluster(&self, cluster: &str) -> bool {
         self.clusters.iter().any(|c| c == cluster)
@@ -117,6 +123,9 @@ pub enum TokenError {
     /// `iat` lies in the future beyond the clock skew.
     #[error("token is not valid yet (issued {0} s in the future)")]
     NotYetValid(u64),
+    /// The user or a group is a name that would not reach the API server as itself.
+    #[error("token names an unusable identity: {0}")]
+    Identity(#[from] super::names::InvalidIdentity),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -222,6 +231,9 @@ pub enum MintError {
     /// A cluster name is not a valid name.
     #[error(transparent)]
     Name(#[from] super::names::InvalidName),
+    /// The user or a group would not reach the API server as itself.
+    #[error("--user or --group: {0}")]
+    Identity(#[from] super::names::InvalidIdentity),
     /// The certificate to bind to could not be read.
     #[error(transparent)]
     BindCert(#[from] FileError),
@@ -232,8 +244,9 @@ pub fn mint(dir: &super::files::CertDir, request: &TokenRequest<'_>) -> Result<S
     for cluster in request.clusters {
         super::names::validate("cluster", cluster)?;
     }
-    let issuer = TokenIssuer::load(&dir.issuer_key())?;
     let mut claims = Claims::new(request.user, request.groups, request.clusters, request.ttl);
+    claims.validate_identity()?;
+    let issuer = TokenIssuer::load(&dir.issuer_key())?;
     if let Some(cert) = request.bind_cert {
         claims.cnf = Some(Confirmation::for_certificate(&super::certs::fingerprint_of_file(cert)?));
     }
@@ -314,6 +327,7 @@ impl TokenVerifier {
         if claims.iat > now + CLOCK_SKEW.as_secs() {
             return Err(TokenError::NotYetValid(claims.iat - now));
         }
+        claims.validate_identity()?;
         Ok(claims)
     }
 }
@@ -408,6 +422,18 @@ mod tests {
             write("broken.pub", &format!("{old_pub}-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"));
         let err = TokenVerifier::load(&broken).unwrap_err().to_string();
         assert!(err.contains("broken.pub") && err.contains("block 2"), "{err}");
+    }
+
+    #[test]
+    fn tokens_for_empty_or_padded_names_are_refused() {
+        let issuer = issuer();
+        for (user, groups) in
+            [("", vec![]), (" alice", vec![]), ("alice", vec!["".to_string()]), ("alice", vec!["ops ".into()])]
+        {
+            let claims = Claims::new(user, &groups, &["dev".into()], Duration::from_secs(60));
+            let refused = issuer.verifier().verify(&issuer.sign(&claims), unix_now());
+            assert!(matches!(refused, Err(TokenError::Identity(_))), "{user:?} {groups:?}: {refused:?}");
+        }
     }
 
     #[test]

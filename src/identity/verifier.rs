@@ -12,7 +12,8 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Signatu
 use super::fingerprint::Fingerprint;
 use super::whitelist::WhitelistHandle;
 
-/// Told the reason (`"chain"` or `"whitelist"`) of every refused agent, for metrics.
+/// Told the reason of every refused agent, for metrics: `"chain"` or `"whitelist"` from the
+/// verifier; the listener adds the refusals the verifier never sees (`"no_certificate"`, ...).
 pub type OnRefusal = Arc<dyn Fn(&'static str) + Send + Sync>;
 
 /// Chain check plus whitelist check. See the module doc.

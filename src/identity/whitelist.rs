@@ -25,6 +25,9 @@ impl fmt::Display for Entry {
     }
 }
 
+/// The largest whitelist file read: room for about 600,000 agents.
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+
 /// A parsed whitelist.
 #[derive(Debug, Clone, Default)]
 pub struct Whitelist {
@@ -44,6 +47,12 @@ pub enum WhitelistError {
     /// A registration conflicts with an existing entry.
     #[error("{}: fingerprint {} is already registered as {} {}; remove that line first", path.display(), existing.fingerprint, existing.cluster, existing.name)]
     Conflict { path: PathBuf, existing: Entry },
+    /// The path is not a regular file (a device, a FIFO, a directory, or a symlink to one).
+    #[error("{}: not a regular file; the whitelist must be one", path.display())]
+    NotAFile { path: PathBuf },
+    /// The file is larger than any whitelist.
+    #[error("{}: {len} bytes, more than the {MAX_FILE_BYTES} a whitelist may have", path.display())]
+    TooLarge { path: PathBuf, len: u64 },
     /// The file could not be read or written.
     #[error("{}: {action}", path.display())]
     Io {
@@ -96,13 +105,30 @@ impl Whitelist {
         Ok(list)
     }
 
-    /// Reads and parses a whitelist file.
+    /// Reads and parses a whitelist file. Only a regular file of at most [`MAX_FILE_BYTES`] is
+    /// read (a path pointing at `/dev/zero` must not exhaust memory), and opening never waits
+    /// (a FIFO would block until someone writes).
     pub fn load(path: &Path) -> Result<Whitelist, WhitelistError> {
-        let text = std::fs::read_to_string(path).map_err(|source| WhitelistError::Io {
-            path: path.to_owned(),
-            action: "cannot read the whitelist (register agents with `tether certs agent --register`)",
-            source,
-        })?;
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let io = |action| move |source| WhitelistError::Io { path: path.to_owned(), action, source };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(io("cannot read the whitelist (register agents with `tether certs agent --register`)"))?;
+        let meta = file.metadata().map_err(io("cannot look at the whitelist"))?;
+        if !meta.is_file() {
+            return Err(WhitelistError::NotAFile { path: path.to_owned() });
+        }
+        if meta.len() > MAX_FILE_BYTES {
+            return Err(WhitelistError::TooLarge { path: path.to_owned(), len: meta.len() });
+        }
+        let mut text = String::new();
+        file.take(MAX_FILE_BYTES + 1).read_to_string(&mut text).map_err(io("cannot read the whitelist"))?;
+        if text.len() as u64 > MAX_FILE_BYTES {
+            return Err(WhitelistError::TooLarge { path: path.to_owned(), len: text.len() as u64 });
+        }
         Whitelist::parse(&text, path)
     }
 

@@ -1,7 +1,8 @@
 //! Whether a front-door request may go on to an agent, decided before any agent is involved:
 //! its route (which cluster, which upstream path), the caller's token ([`TokenVerifier::authorize`]
-//! with the client certificate of the caller's connection), and the limits of requests in flight
-//! per user and per cluster. A refusal is a `Status` with its code (404, 400, 401, 403, 429) and
+//! with the client certificate of the caller's connection), an audit log that can be written (with
+//! `--audit-required`), and the limits of requests in flight per user and per cluster. A refusal
+//! is a `Status` with its code (404, 400, 401, 403, 503, 429) and
 //! a reason label for `tether_refusals_total`. The audit record is filled in as the decision
 //! goes, so a refused request is audited with whatever was known of it.
 
@@ -28,6 +29,8 @@ pub struct Caller {
 /// A request that may go on to an agent of its cluster.
 #[derive(Debug)]
 pub struct Admitted {
+    /// The user the token names.
+    pub user: String,
     pub cluster: String,
     /// Path and query as the cluster's API server is to see them.
     pub path_and_query: String,
@@ -54,6 +57,9 @@ pub enum Refused {
     /// The user or the cluster has too many requests in flight.
     #[error(transparent)]
     Limit(#[from] LimitError),
+    /// `--audit-required`, and the audit log cannot be written.
+    #[error("the stub cannot write its audit log (a full disk?), and audit is required: retry later")]
+    AuditUnavailable,
 }
 
 impl Refused {
@@ -69,6 +75,7 @@ impl Refused {
             Refused::Limit(LimitError::User { .. }) => "limit_user",
             Refused::Limit(LimitError::Cluster { .. }) => "limit_cluster",
             Refused::Limit(LimitError::Connection { .. }) => "limit_connection",
+            Refused::AuditUnavailable => "audit_unavailable",
         }
     }
 
@@ -79,6 +86,7 @@ impl Refused {
             Refused::NoToken => StatusCode::UNAUTHORIZED,
             Refused::Refusal(refusal) => refusal.status(),
             Refused::Limit(_) => StatusCode::TOO_MANY_REQUESTS,
+            Refused::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -102,8 +110,11 @@ pub fn admit<B>(
         .to_owned();
     let claims = authorize(&state.tokens, &token, &cluster, caller, audit)?;
     audit.cluster_vouched = true;
+    if state.audit.unavailable() {
+        return Err(Refused::AuditUnavailable);
+    }
     let counted = state.limits.admit(&claims.sub, &cluster)?;
-    Ok(Admitted { cluster, path_and_query: route.path_and_query, token, counted })
+    Ok(Admitted { user: claims.sub, cluster, path_and_query: route.path_and_query, token, counted })
 }
 
 /// The token's verdict. The user and groups go into the audit record as soon as the token

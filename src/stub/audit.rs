@@ -1,12 +1,15 @@
 //! The stub's audit log: one JSON line per front-door request (time, request id, user, groups,
 //! cluster, agent, verb, path, status, bytes, duration), written when the response ends, to a
 //! file or stdout. Lines go through a bounded queue to one writer thread, so a slow disk delays
-//! no request; if the queue overflows, lines are dropped and counted in the stub's log.
+//! no request; if the queue overflows, lines are dropped and counted
+//! (`tether_audit_failures_total{reason="queue_full"}`). A failed write (a full disk) is counted
+//! too, never leaves half a line in the file, and with `--audit-required` makes the stub refuse
+//! requests until a write works again.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -54,27 +57,92 @@ const QUEUE: usize = 4096;
 #[derive(Clone, Debug)]
 pub struct AuditLog {
     sender: Option<std::sync::mpsc::SyncSender<String>>,
-    dropped: Arc<AtomicU64>,
+    /// Set while the last write failed (a full disk, say), cleared by the next that works.
+    failing: Arc<AtomicBool>,
+    /// Refuse requests while `failing` (`--audit-required`).
+    required: bool,
+    metrics: Arc<super::metrics::StubMetrics>,
+}
+
+/// Where the writer thread puts lines.
+enum Sink {
+    Stdout(std::io::Stdout),
+    File(std::fs::File),
+}
+
+impl Sink {
+    /// Writes one whole line, or nothing: a write that fails half way (the disk filled up) is
+    /// cut back to where it started, so the file never holds half a record. Should that fail
+    /// too, the next line starts on a fresh line (`torn`).
+    fn write_line(&mut self, line: &str, torn: &mut bool) -> std::io::Result<()> {
+        match self {
+            Sink::Stdout(out) => out.write_all(line.as_bytes()).and_then(|_| out.flush()),
+            Sink::File(file) => {
+                let before = file.metadata()?.len();
+                let written = if *torn {
+                    file.write_all(b"\n").and_then(|_| file.write_all(line.as_bytes()))
+                } else {
+                    file.write_all(line.as_bytes())
+                };
+                match written {
+                    Ok(()) => {
+                        *torn = false;
+                        Ok(())
+                    }
+                    Err(e) => {
+                        if file.set_len(before).is_err() {
+                            *torn = true;
+                        }
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl AuditLog {
-    /// Opens the target (creating the file) and starts its writer thread.
-    pub fn open(target: &AuditTarget) -> std::io::Result<AuditLog> {
-        let mut out: Box<dyn Write + Send> = match target {
-            AuditTarget::Off => return Ok(AuditLog { sender: None, dropped: Arc::default() }),
-            AuditTarget::Stdout => Box::new(std::io::stdout()),
-            AuditTarget::File(path) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
+    /// Opens the target (creating the file) and starts its writer thread. With `required`,
+    /// [`AuditLog::unavailable`] says when requests are to be refused.
+    pub fn open(
+        target: &AuditTarget,
+        required: bool,
+        metrics: Arc<super::metrics::StubMetrics>,
+    ) -> std::io::Result<AuditLog> {
+        let failing = Arc::new(AtomicBool::new(false));
+        let mut sink = match target {
+            AuditTarget::Off => return Ok(AuditLog { sender: None, failing, required: false, metrics }),
+            AuditTarget::Stdout => Sink::Stdout(std::io::stdout()),
+            AuditTarget::File(path) => Sink::File(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
         };
         let (sender, receiver) = std::sync::mpsc::sync_channel::<String>(QUEUE);
+        let (flag, counted) = (failing.clone(), metrics.clone());
         std::thread::Builder::new().name("audit".into()).spawn(move || {
+            let mut torn = false;
             for line in receiver {
-                // One write and a flush per line, so readers (tail -f, tests) see whole lines.
-                if let Err(e) = out.write_all(line.as_bytes()).and_then(|_| out.flush()) {
-                    tracing::error!(error = %e, "cannot write the audit log");
+                // One write per line, so readers (tail -f, tests) see whole lines.
+                match sink.write_line(&line, &mut torn) {
+                    Ok(()) => {
+                        if flag.swap(false, Ordering::Relaxed) {
+                            tracing::info!("the audit log is written again");
+                        }
+                    }
+                    Err(e) => {
+                        counted.audit_failures.inc(&["write"]);
+                        if !flag.swap(true, Ordering::Relaxed) {
+                            tracing::error!(error = %e, "cannot write the audit log; records are lost until it works again");
+                        }
+                    }
                 }
             }
         })?;
-        Ok(AuditLog { sender: Some(sender), dropped: Arc::default() })
+        Ok(AuditLog { sender: Some(sender), failing, required, metrics })
+    }
+
+    /// Whether requests are to be refused now: `--audit-required`, and the audit log cannot be
+    /// written.
+    pub fn unavailable(&self) -> bool {
+        self.required && self.failing.load(Ordering::Relaxed)
     }
 
     /// Queues a record.
@@ -83,8 +151,8 @@ impl AuditLog {
         let mut line = serde_json::to_string(record).expect("records serialise");
         line.push('\n');
         if sender.try_send(line).is_err() {
-            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            tracing::warn!(dropped, "audit queue full: audit line dropped");
+            self.metrics.audit_failures.inc(&["queue_full"]);
+            tracing::warn!("audit queue full: audit line dropped");
         }
     }
 }

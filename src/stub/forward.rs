@@ -20,13 +20,13 @@ use super::admission::{self, Admitted, Caller, Refused};
 use super::audit::Pending;
 use super::limits::{Counted, LimitError};
 use super::registry::{InFlight, Pick};
-use super::stalled;
 use super::state::StubState;
+use super::unread::Unread;
 use crate::bridge::{self, Body, PumpError};
 use crate::status;
 use crate::transport::{Connection, RecvHalf, SendHalf};
 use crate::wire::codes::AppCode;
-use crate::wire::frame::{RequestHead, ResponseHead};
+use crate::wire::frame::{Header, RequestHead, ResponseHead};
 use crate::wire::io::{WireError, read_frame, write_frame};
 
 /// Response header carrying the request id, so one request can be followed in both ends' logs.
@@ -93,7 +93,7 @@ pub async fn handle(
     );
     let response = async {
         let forwarded = match admission::admit(&state, &caller, &req, &mut audit) {
-            Ok(admitted) => send_to_agent(&state, Outbound::new(req, &request_id, admitted), &mut audit).await,
+            Ok(admitted) => send_to_agent(&state, Outbound::new(req, &request_id, admitted, &caller), &mut audit).await,
             Err(refused) => Err(ForwardError::from(refused)),
         };
         forwarded.unwrap_or_else(|e| {
@@ -124,6 +124,7 @@ pub async fn handle(
 /// An admitted request on its way to an agent.
 struct Outbound {
     head: RequestHead,
+    user: String,
     cluster: String,
     /// Counted against user and cluster until the response body ends or the upgraded
     /// connection closes.
@@ -146,11 +147,14 @@ enum RequestBody {
 }
 
 impl Outbound {
-    fn new(mut req: Request<Incoming>, request_id: &str, admitted: Admitted) -> Outbound {
+    fn new(mut req: Request<Incoming>, request_id: &str, admitted: Admitted, caller: &Caller) -> Outbound {
         let upgrade = bridge::is_upgrade(req.headers());
         let mut headers = bridge::headers_to_wire(req.headers(), upgrade);
-        // The token travels as the credential, never as a header the API server could see.
-        headers.retain(|h| h.name != "authorization");
+        // The token travels as the credential, never as a header the API server could see; no
+        // caller chooses whom it speaks for, nor where it says it comes from.
+        headers.retain(|h| !bridge::speaks_for_someone(&h.name) && !bridge::says_where_from(&h.name));
+        let from = caller.remote.ip().to_canonical().to_string();
+        headers.push(Header { name: "x-forwarded-for".into(), value: from.into_bytes() });
         let head = RequestHead {
             request_id: request_id.to_owned(),
             method: req.method().as_str().to_owned(),
@@ -165,7 +169,7 @@ impl Outbound {
         } else {
             RequestBody::Streaming(req.into_body())
         };
-        Outbound { head, cluster: admitted.cluster, counted: admitted.counted, body }
+        Outbound { head, user: admitted.user, cluster: admitted.cluster, counted: admitted.counted, body }
     }
 }
 
@@ -181,8 +185,8 @@ async fn send_to_agent(
     outbound: Outbound,
     audit: &mut Pending,
 ) -> Result<Response<Body>, ForwardError> {
-    let Outbound { head, cluster, counted, body } = outbound;
-    let timeout = state.stalled_reader_timeout;
+    let Outbound { head, user, cluster, counted, body } = outbound;
+    let unread = &state.unread;
     let mut failed_connection = None;
     loop {
         let in_flight = pick(state, &cluster, failed_connection)?;
@@ -207,7 +211,7 @@ async fn send_to_agent(
                 match read_frame::<ResponseHead, _>(&mut recv).await {
                     Ok(response_head) => {
                         tracing::debug!(status = response_head.status, "response head");
-                        let body = stalled::response_body(recv, (in_flight, counted), timeout);
+                        let body = unread.response_body(recv, (in_flight, counted), &user, agent);
                         return Ok(response_from(response_head, body));
                     }
                     Err(e) if failed_connection.is_none() => {
@@ -218,9 +222,8 @@ async fn send_to_agent(
                 }
             }
             RequestBody::Upgrade(on_upgrade) => {
-                return upgrade_response(on_upgrade, send, recv, (in_flight, counted), timeout)
-                    .await
-                    .map_err(stream_error);
+                let counted = (in_flight, counted);
+                return upgrade_response(on_upgrade, send, recv, counted, unread, &user).await.map_err(stream_error);
             }
             RequestBody::Streaming(request_body) => {
                 // Dropping `cancel_on_drop` (the caller went away, or the response is done)
@@ -230,7 +233,7 @@ async fn send_to_agent(
                 let cancel_on_drop = cancel.drop_guard();
                 let response_head: ResponseHead = read_frame(&mut recv).await.map_err(stream_error)?;
                 tracing::debug!(status = response_head.status, "response head");
-                let body = stalled::response_body(recv, (cancel_on_drop, in_flight, counted), timeout);
+                let body = unread.response_body(recv, (cancel_on_drop, in_flight, counted), &user, agent);
                 return Ok(response_from(response_head, body));
             }
         }
@@ -265,12 +268,14 @@ async fn upgrade_response(
     mut send: SendHalf,
     mut recv: RecvHalf,
     counted: (InFlight, Counted),
-    stalled_reader_timeout: Option<std::time::Duration>,
+    unread: &Arc<Unread>,
+    user: &str,
 ) -> Result<Response<Body>, WireError> {
     let head: ResponseHead = read_frame(&mut recv).await?;
     if head.status != StatusCode::SWITCHING_PROTOCOLS.as_u16() {
         send.finish();
-        return Ok(response_from(head, stalled::response_body(recv, counted, stalled_reader_timeout)));
+        let agent = counted.0.0.clone();
+        return Ok(response_from(head, unread.response_body(recv, counted, user, agent)));
     }
     tokio::spawn(
         async move {

@@ -3,9 +3,10 @@
 //! reason `TooManyRequests`), so one user's flood of watches cannot take a cluster's capacity
 //! from everyone else. Upgraded connections (exec, attach, port-forward) count until they close.
 //!
-//! The per-connection count lives on each agent connection (see [`super::registry`]); it is kept
-//! below the QUIC stream limit the agent grants (`tether agent --max-streams`), so that a full
-//! connection answers 429 at once instead of making new streams wait for a free one.
+//! The per-connection count lives on each agent connection (see [`super::registry`]). Keep it
+//! below the stream limit the agent grants (`tether agent --max-streams`; the defaults are 16,000
+//! and 16,384), so that a full connection answers 429 at once instead of making new streams wait
+//! for a free one. Nothing checks this across the two processes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -19,6 +19,27 @@ pub struct StubMetrics {
     pub refusals: CounterVec,
     /// reason: agent handshakes refused (certificate chain, whitelist)
     pub agent_refusals: CounterVec,
+    /// reason: responses dropped because their callers left them unread
+    pub responses_dropped: CounterVec,
+    /// result: whitelist reloads applied or refused
+    pub whitelist_reloads: CounterVec,
+    /// reason: audit records lost (`write` failed, `queue_full`)
+    pub audit_failures: CounterVec,
+    /// QUIC Retries sent to agents' first packets (address validation)
+    pub quic_retries: CounterVec,
+    /// reason: front-door connections refused or closed by the stub (limits, silent, idle)
+    pub front_door_closed: CounterVec,
+}
+
+/// The agent listener's handshake failures count as agent refusals, beside the verifier's.
+impl crate::transport::listen::ListenerEvents for StubMetrics {
+    fn refused(&self, reason: &'static str) {
+        self.agent_refusals.inc(&[reason]);
+    }
+
+    fn retried(&self) {
+        self.quic_retries.inc(&[]);
+    }
 }
 
 impl Default for StubMetrics {
@@ -29,22 +50,32 @@ impl Default for StubMetrics {
             response_bytes: CounterVec::new(&["cluster"]),
             refusals: CounterVec::new(&["reason"]),
             agent_refusals: CounterVec::new(&["reason"]),
+            responses_dropped: CounterVec::new(&["reason"]),
+            whitelist_reloads: CounterVec::new(&["result"]),
+            audit_failures: CounterVec::new(&["reason"]),
+            quic_retries: CounterVec::new(&[]),
+            front_door_closed: CounterVec::new(&["reason"]),
         }
     }
 }
 
 impl StubMetrics {
     /// The whole exposition.
-    pub fn render(&self, registry: &Registry) -> String {
+    /// The whole exposition; `front_door_open` is the number of open front-door connections.
+    pub fn render(&self, registry: &Registry, front_door_open: usize) -> String {
         let mut text = Text::default();
+        text.family("tether_front_door_connections", "gauge", "Open front-door connections (users and services).");
+        text.sample("tether_front_door_connections", &[], front_door_open as f64);
         let agents = registry.all();
 
         text.family("tether_agents_connected", "gauge", "Agent connections welcomed, by cluster and transport.");
         let mut connected = std::collections::BTreeMap::<(String, String), u64>::new();
         let mut in_flight = std::collections::BTreeMap::<String, u64>::new();
+        let mut unread = std::collections::BTreeMap::<String, u64>::new();
         for agent in &agents {
             *connected.entry((agent.cluster.clone(), agent.connection.transport().to_string())).or_default() += 1;
             *in_flight.entry(agent.cluster.clone()).or_default() += agent.in_flight() as u64;
+            *unread.entry(agent.cluster.clone()).or_default() += agent.unread() as u64;
         }
         for ((cluster, transport), n) in &connected {
             text.sample("tether_agents_connected", &[("cluster", cluster), ("transport", transport)], *n as f64);
@@ -52,6 +83,14 @@ impl StubMetrics {
         text.family("tether_streams_in_flight", "gauge", "Requests in flight on agent connections, by cluster.");
         for (cluster, n) in &in_flight {
             text.sample("tether_streams_in_flight", &[("cluster", cluster)], *n as f64);
+        }
+        text.family(
+            "tether_unread_responses",
+            "gauge",
+            "Responses their callers leave unread, each holding a window of its own, by cluster.",
+        );
+        for (cluster, n) in &unread {
+            text.sample("tether_unread_responses", &[("cluster", cluster)], *n as f64);
         }
 
         self.requests.render(&mut text, "tether_requests_total", "Front-door requests by cluster and status code.");
@@ -67,6 +106,32 @@ impl StubMetrics {
             "Requests refused before reaching an agent, by reason.",
         );
         self.agent_refusals.render(&mut text, "tether_agent_refusals_total", "Agent handshakes refused, by reason.");
+        self.front_door_closed.render(
+            &mut text,
+            "tether_front_door_closed_total",
+            "Front-door connections the stub refused (limit_source, limit_total) or closed (silent, idle).",
+        );
+        self.quic_retries.render(
+            &mut text,
+            "tether_quic_retries_total",
+            "QUIC Retries sent: every agent proves its address before the stub keeps any state for it.",
+        );
+        self.audit_failures.render(
+            &mut text,
+            "tether_audit_failures_total",
+            "Audit records lost: the write failed (a full disk, say) or the queue to the writer was full.",
+        );
+        self.whitelist_reloads.render(
+            &mut text,
+            "tether_whitelist_reloads_total",
+            "Whitelist reloads, applied or refused (a file that does not parse, is not a regular file, is too \
+             large, or would drop every agent).",
+        );
+        self.responses_dropped.render(
+            &mut text,
+            "tether_responses_dropped_total",
+            "Responses dropped because their callers left them unread, by reason.",
+        );
 
         // Link quality, per QUIC agent connection.
         let ids: Vec<String> = agents.iter().map(|a| a.id.to_string()).collect();

@@ -3,6 +3,8 @@
 //! - [`agents`]: an agent connection (QUIC or TCP) says hello and joins the [`registry`].
 //! - [`registry`]: live agent connections per cluster and the choice of one per request.
 //! - [`front_door`]: the HTTPS listener for users and services (HTTP/1.1 and HTTP/2).
+//! - [`connections`]: front-door connections limited per source and in all; silent and idle
+//!   ones closed.
 //! - [`admission`]: whether a request may go on (route, token, certificate binding, cluster,
 //!   limits).
 //! - [`forward`]: an admitted request over its own stream to an agent and back.
@@ -11,13 +13,14 @@
 //! - [`limits`]: requests in flight per user, per cluster and per connection (429 beyond).
 //! - [`metrics`]: what `/metrics` on the admin listener shows.
 //! - [`reload`]: the whitelist reloaded on change and on SIGHUP; revoked agents cut off.
-//! - [`stalled`]: responses whose caller stopped reading are dropped, so they cannot stall an
-//!   agent connection.
+//! - [`unread`]: responses their callers leave unread get a window of their own (within limits),
+//!   so they cannot stall an agent connection for anyone else.
 //! - [`state`]: what all of these share.
 
 pub mod admission;
 pub mod agents;
 pub mod audit;
+pub mod connections;
 pub mod forward;
 pub mod front_door;
 pub mod limits;
@@ -25,8 +28,8 @@ pub mod metrics;
 pub mod registry;
 pub mod reload;
 pub mod route;
-pub mod stalled;
 pub mod state;
+pub mod unread;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -62,15 +65,17 @@ pub struct StubConfig {
     /// The token issuer's public key (the stub never holds the private one).
     pub issuer_pub: PathBuf,
     pub audit: AuditTarget,
+    /// Refuse requests (503) while the audit log cannot be written.
+    pub audit_required: bool,
     /// Reload the whitelist when its file changes (besides on SIGHUP).
     pub watch_whitelist: bool,
     pub limits: limits::Limits,
-    /// A response left unread this long is dropped (`None`: never).
-    pub stalled_reader_timeout: Option<Duration>,
+    /// Responses left unread: limits, and the timeout after which one is dropped.
+    pub unread: unread::UnreadLimits,
     /// Where to serve `/healthz`, `/readyz` and `/metrics`.
     pub admin_listen: Option<SocketAddr>,
-    /// A front-door client has this long to send a request's headers (HTTP/1.1; slow-loris).
-    pub header_timeout: Duration,
+    /// Front-door connections: how many, and how long silent or idle ones stay.
+    pub connections: connections::ConnectionLimits,
 }
 
 /// A stub whose sockets are bound (so its addresses are known) but not yet serving.
@@ -82,8 +87,10 @@ pub struct Stub {
     admin: Option<TcpListener>,
     state: Arc<StubState>,
     grace: Duration,
-    header_timeout: Duration,
+    connections: Arc<connections::Connections>,
     whitelist_path: PathBuf,
+    /// The version of the whitelist file the list in force came from.
+    whitelist_stamp: Option<reload::Stamp>,
     watch_whitelist: bool,
 }
 
@@ -94,6 +101,7 @@ impl Stub {
         let ca = files::load_certs(&dir.ca_cert())?;
         let chain = files::load_certs(&dir.stub_cert())?;
         let key = files::load_key(&dir.stub_key())?;
+        let whitelist_stamp = reload::stamp(&dir.whitelist());
         let whitelist = WhitelistHandle::new(Whitelist::load(&dir.whitelist())?);
         tracing::info!(agents = whitelist.get().entries().len(), path = %dir.whitelist().display(), "whitelist loaded");
 
@@ -102,13 +110,13 @@ impl Stub {
         let on_refusal: crate::identity::verifier::OnRefusal =
             Arc::new(move |reason| counted.agent_refusals.inc(&[reason]));
         let agent_tls = tls::agent_listener(&ca, chain.clone(), key.clone_key(), whitelist.clone(), on_refusal)?;
-        let agents = Listener::bind(config.quic_listen, agent_tls, &config.tuning)
+        let agents = Listener::bind(config.quic_listen, agent_tls, &config.tuning, stub_metrics.clone())
             .await
             .context("starting the agent listener (QUIC, and the TCP fallback on the same port)")?;
         let front_tls = Arc::new(tls::front_door(&ca, chain, key)?);
         let tokens = TokenVerifier::load(&config.issuer_pub)?;
-        let audit =
-            AuditLog::open(&config.audit).with_context(|| format!("opening the audit log {:?}", config.audit))?;
+        let audit = AuditLog::open(&config.audit, config.audit_required, stub_metrics.clone())
+            .with_context(|| format!("opening the audit log {:?}", config.audit))?;
         let front_door = TcpListener::bind(config.https_listen)
             .await
             .with_context(|| format!("binding the HTTPS listener on {}", config.https_listen))?;
@@ -118,13 +126,14 @@ impl Stub {
             }
             None => None,
         };
+        let stub_metrics_for_connections = stub_metrics.clone();
         let state = Arc::new(StubState {
             registry: registry::Registry::default(),
             whitelist,
             tokens,
             audit,
             limits: limits::Counters::new(config.limits),
-            stalled_reader_timeout: config.stalled_reader_timeout,
+            unread: unread::Unread::new(config.unread, stub_metrics.clone()),
             metrics: stub_metrics,
         });
         Ok(Stub {
@@ -134,8 +143,9 @@ impl Stub {
             admin,
             state,
             grace: config.grace,
-            header_timeout: config.header_timeout,
+            connections: connections::Connections::new(config.connections, stub_metrics_for_connections),
             whitelist_path: dir.whitelist(),
+            whitelist_stamp,
             watch_whitelist: config.watch_whitelist,
         })
     }
@@ -161,11 +171,11 @@ impl Stub {
         // The admin listener answers through the drain, and stops last.
         let admin_stop = CancellationToken::new();
         if let Some(listener) = self.admin {
-            let scraped = self.state.clone();
+            let (scraped, connections) = (self.state.clone(), self.connections.clone());
             let site = admin::Site {
                 readiness: admin::Readiness::ready(),
                 not_ready: "not serving\n",
-                metrics: Arc::new(move || scraped.metrics.render(&scraped.registry)),
+                metrics: Arc::new(move || scraped.metrics.render(&scraped.registry, connections.open())),
             };
             tokio::spawn(admin::serve(listener, site, admin_stop.clone()));
         }
@@ -179,11 +189,13 @@ impl Stub {
             self.front_door,
             self.front_tls,
             self.state.clone(),
+            self.connections.clone(),
             cancel.clone(),
             self.grace,
-            self.header_timeout,
         ));
-        tokio::spawn(reload::watch(self.state.clone(), self.whitelist_path, self.watch_whitelist, cancel.clone()));
+        let (path, stamp) = (self.whitelist_path, self.whitelist_stamp);
+        tokio::spawn(reload::watch(self.state.clone(), path, stamp, self.watch_whitelist, cancel.clone()));
+        tokio::spawn(self.state.unread.clone().sweep(admin_stop.clone()));
         shutdown.await;
         tracing::info!("shutting down: draining the front door, then closing agent connections");
         cancel.cancel();

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::identity::fingerprint::Fingerprint;
-use crate::transport::Connection;
+use crate::transport::{CONNECTION_WINDOW, Connection, STREAM_WINDOW};
 
 /// One welcomed agent connection.
 #[derive(Debug)]
@@ -20,6 +20,9 @@ pub struct AgentConnection {
     pub remote: SocketAddr,
     pub connection: Connection,
     in_flight: AtomicUsize,
+    /// Responses on this connection that their callers leave unread (see [`super::unread`]);
+    /// locked while the window that follows from it is set, so grants apply in order.
+    unread: Mutex<usize>,
     draining: AtomicBool,
     /// Notified when `in_flight` drops to zero.
     idle: tokio::sync::Notify,
@@ -41,6 +44,7 @@ impl AgentConnection {
             remote: connection.remote_address(),
             connection,
             in_flight: AtomicUsize::new(0),
+            unread: Mutex::new(0),
             draining: AtomicBool::new(false),
             idle: tokio::sync::Notify::new(),
         }
@@ -53,6 +57,31 @@ impl AgentConnection {
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Responses on this connection held back by callers that do not read them.
+    pub fn unread(&self) -> usize {
+        *self.unread.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One more response is held back by its caller: the connection's receive window grows by
+    /// a stream's window, so that what that response holds comes out of a grant of its own,
+    /// not out of the window every other response shares. Returns the new count.
+    pub fn hold_unread(&self) -> usize {
+        self.change_unread(|held| held + 1)
+    }
+
+    /// A held-back response ended (read to its end, or dropped): its grant goes.
+    pub fn release_unread(&self) {
+        self.change_unread(|held| held.saturating_sub(1));
+    }
+
+    fn change_unread(&self, change: impl FnOnce(usize) -> usize) -> usize {
+        let mut held = self.unread.lock().unwrap_or_else(|e| e.into_inner());
+        *held = change(*held);
+        let window = u64::from(CONNECTION_WINDOW) + *held as u64 * u64::from(STREAM_WINDOW);
+        self.connection.set_receive_window(window);
+        *held
     }
 
     /// Completes once no request is in flight on this connection (all responses fully received).

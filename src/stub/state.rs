@@ -2,12 +2,12 @@
 //! force, the token verifier, the audit log, the limits and the metrics.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::audit::AuditLog;
 use super::limits;
 use super::metrics::StubMetrics;
 use super::registry::Registry;
+use super::unread::Unread;
 use crate::identity::token::TokenVerifier;
 use crate::identity::whitelist::WhitelistHandle;
 
@@ -19,7 +19,7 @@ pub struct StubState {
     pub tokens: TokenVerifier,
     pub audit: AuditLog,
     pub limits: Arc<limits::Counters>,
-    /// A response left unread this long is dropped (`None`: never).
-    pub stalled_reader_timeout: Option<Duration>,
+    /// Responses on their way to callers, and the ones their callers leave unread.
+    pub unread: Arc<Unread>,
     pub metrics: Arc<StubMetrics>,
 }

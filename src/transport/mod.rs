@@ -13,9 +13,11 @@
 //! - [`dial`]: the dialer's side: one connection over the transport asked for.
 //! - [`listen`]: the listener's side: QUIC and TCP on one port, handshakes, peer fingerprints.
 //! - [`explain`]: plain words for a connection that was refused or lost.
+//! - [`flow`]: the flow-control windows both transports use.
 
 pub mod dial;
 pub mod explain;
+pub mod flow;
 pub mod listen;
 pub mod quic;
 pub mod tcp;
@@ -30,6 +32,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::wire::codes::AppCode;
 use crate::wire::io::WireError;
+pub use flow::{CONNECTION_WINDOW, STREAM_WINDOW};
 use tcp::{TcpConnection, TcpRecv, TcpSend};
 
 /// Which transport a connection uses.
@@ -180,6 +183,16 @@ impl Connection {
         match self {
             Connection::Quic(c) => c.close_reason().is_some(),
             Connection::Tcp(c) => c.is_closed(),
+        }
+    }
+
+    /// Sets how many bytes the peer may send on this connection beyond what has been read
+    /// (flow control of the whole connection; each stream also has its [`STREAM_WINDOW`]).
+    /// Growing takes effect at once; shrinking as the excess is read.
+    pub fn set_receive_window(&self, bytes: u64) {
+        match self {
+            Connection::Quic(c) => c.set_receive_window(quinn::VarInt::from_u64(bytes).unwrap_or(quinn::VarInt::MAX)),
+            Connection::Tcp(c) => c.set_receive_window(bytes),
         }
     }
 

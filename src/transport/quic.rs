@@ -8,6 +8,8 @@ use std::time::Duration;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Endpoint, EndpointConfig, IdleTimeout, TransportConfig, VarInt};
 
+use super::flow::{CONNECTION_WINDOW, STREAM_WINDOW};
+
 /// Knobs of a QUIC connection that an operator may need to turn.
 #[derive(Debug, Clone)]
 pub struct Tuning {
@@ -38,13 +40,12 @@ pub enum Congestion {
     NewReno,
 }
 
-// One stream may have 2 MiB in flight: 100 MB/s at 20 ms RTT, and a slow reader holds at most
-// that much per stream in the receiver. The connection cap bounds the sum over all streams.
-const STREAM_RECEIVE_WINDOW: u32 = 2 * 1024 * 1024;
-const CONNECTION_RECEIVE_WINDOW: u32 = 16 * 1024 * 1024;
 const SEND_WINDOW: u64 = 16 * 1024 * 1024;
 /// Kernel socket buffers we ask for; bursts of a fast sender land here before quinn reads them.
 const UDP_BUFFER_BYTES: usize = 8 * 1024 * 1024;
+
+/// Connection attempts the endpoint holds before the listener has answered them.
+const MAX_INCOMING: usize = 4096;
 
 /// Streams the dialer opens: the control stream only, plus headroom.
 const DIALER_OPENED_STREAMS: u32 = 4;
@@ -56,8 +57,8 @@ fn transport(tuning: &Tuning, peer_may_open_bidi: u32) -> Arc<TransportConfig> {
     t.keep_alive_interval(Some(tuning.idle_timeout / 3));
     t.max_concurrent_bidi_streams(VarInt::from_u32(peer_may_open_bidi));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
-    t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW));
-    t.receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW));
+    t.stream_receive_window(VarInt::from_u32(STREAM_WINDOW));
+    t.receive_window(VarInt::from_u32(CONNECTION_WINDOW));
     t.send_window(SEND_WINDOW);
     match tuning.congestion {
         Congestion::Bbr => t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default())),
@@ -97,6 +98,9 @@ pub fn server_endpoint(
     let crypto = QuicServerConfig::try_from(tls).map_err(std::io::Error::other)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport(tuning, DIALER_OPENED_STREAMS));
+    // Connection attempts not yet answered (each is answered at once, with a Retry or a
+    // handshake): bounded, and so is what they may buffer.
+    config.max_incoming(MAX_INCOMING).incoming_buffer_size(64 * 1024).incoming_buffer_size_total(16 << 20);
     Endpoint::new(EndpointConfig::default(), Some(config), socket, Arc::new(quinn::TokioRuntime))
 }
 

@@ -27,9 +27,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::wire::codes::AppCode;
 
-/// Windows like QUIC's (see [`super::quic`]): 2 MiB per stream, 16 MiB per connection.
-const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
-const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+use super::flow::{CONNECTION_WINDOW, STREAM_WINDOW};
+
+/// HTTP/2 windows cannot exceed this (RFC 9113, 6.9.1).
+const MAX_H2_WINDOW: u64 = (1 << 31) - 1;
 /// Largest HTTP/2 frame we accept (the default 16 KiB costs more frames per MB).
 const MAX_FRAME: u32 = 64 * 1024;
 
@@ -52,6 +53,8 @@ struct Inner {
     /// The code to close with, set before `close` is cancelled.
     close_code: Mutex<Option<AppCode>>,
     reason: Mutex<Option<String>>,
+    /// The connection's receive window wanted now, for the task that drives the connection.
+    window: tokio::sync::watch::Sender<u32>,
 }
 
 /// One TCP connection: cheap to clone.
@@ -80,6 +83,7 @@ impl TcpConnection {
             close: CancellationToken::new(),
             close_code: Mutex::new(None),
             reason: Mutex::new(None),
+            window: tokio::sync::watch::Sender::new(CONNECTION_WINDOW),
         }))
     }
 
@@ -108,13 +112,17 @@ impl TcpConnection {
         let ping = connection.ping_pong();
         let conn = TcpConnection::new(Role::Listener(send_request), remote);
         let driver = conn.clone();
+        let mut window = conn.0.window.subscribe();
         tokio::spawn(async move {
-            let reason = tokio::select! {
-                result = &mut connection => match result {
-                    Ok(()) => "peer closed the connection".to_owned(),
-                    Err(e) => super::explain::h2_end(&e),
-                },
-                _ = driver.0.close.cancelled() => "closed locally".to_owned(),
+            let reason = loop {
+                tokio::select! {
+                    result = &mut connection => break match result {
+                        Ok(()) => "peer closed the connection".to_owned(),
+                        Err(e) => super::explain::h2_end(&e),
+                    },
+                    _ = driver.0.close.cancelled() => break "closed locally".to_owned(),
+                    Ok(()) = window.changed() => connection.set_target_window_size(*window.borrow_and_update()),
+                }
             };
             driver.end(reason);
         });
@@ -141,9 +149,11 @@ impl TcpConnection {
         let (tx, rx) = mpsc::channel(64);
         let conn = TcpConnection::new(Role::Dialer(tokio::sync::Mutex::new(rx)), remote);
         let driver = conn.clone();
+        let mut window = conn.0.window.subscribe();
         tokio::spawn(async move {
             let reason = loop {
                 tokio::select! {
+                    Ok(()) = window.changed() => connection.set_target_window_size(*window.borrow_and_update()),
                     accepted = connection.accept() => match accepted {
                         Some(Ok(stream)) => {
                             if tx.send(stream).await.is_err() {
@@ -209,12 +219,18 @@ impl TcpConnection {
         Ok((TcpSend::new(send), TcpRecv { state: RecvState::Body(request.into_body()), leftover: Bytes::new() }))
     }
 
-    /// Ends the connection (the dialer's GOAWAY carries `code`; an HTTP/2 client cannot send
-    /// one, so the listener's side just closes).
+    /// Ends the connection (the dialer's GOAWAY carries `code`; h2's client API has no way to
+    /// send a GOAWAY, so the listener's side just closes, and a dialer on TCP learns no code).
     pub fn close(&self, code: AppCode, reason: &str) {
         *self.0.close_code.lock().unwrap_or_else(|e| e.into_inner()) = Some(code);
         self.end(format!("closed locally: {} ({reason})", code.describe()));
         self.0.close.cancel();
+    }
+
+    /// The connection's receive window (HTTP/2 caps it at 2 GiB).
+    pub fn set_receive_window(&self, bytes: u64) {
+        let bytes = bytes.min(MAX_H2_WINDOW) as u32;
+        self.0.window.send_if_modified(|wanted| std::mem::replace(wanted, bytes) != bytes);
     }
 
     pub fn close_reason(&self) -> Option<String> {

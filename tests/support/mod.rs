@@ -3,6 +3,7 @@
 //! sleeps to synchronise: processes are awaited through the lines they log.
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod kube;
 pub mod link;
 pub mod load;
@@ -391,6 +392,23 @@ pub fn front_client_with(pki: &Pki, h2: bool, identity: Option<(&Path, &Path)>, 
 /// A raw TLS connection to the stub's front door, speaking HTTP/1.1 by ALPN, for tests that
 /// write the bytes themselves (upgrades, slow or flooding clients).
 pub async fn front_door_tls(pki: &Pki, stub: &StubProc) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    front_door_tls_from(pki, stub, b"http/1.1", "127.0.0.1").await
+}
+
+/// A TCP connection to the stub's front door from `source` (any 127.x.y.z address), not yet TLS.
+pub async fn front_door_tcp(stub: &StubProc, source: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    socket.connect(stub.url.trim_start_matches("https://").parse().unwrap()).await.unwrap()
+}
+
+/// Like [`front_door_tls`], with another ALPN protocol (`h2`) and from `source`.
+pub async fn front_door_tls_from(
+    pki: &Pki,
+    stub: &StubProc,
+    alpn: &[u8],
+    source: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let roots =
         tether::identity::tls::roots(&tether::identity::files::load_certs(&pki.dir.ca_cert()).unwrap()).unwrap();
     let mut tls = rustls::ClientConfig::builder_with_provider(tether::identity::tls::provider())
@@ -398,8 +416,8 @@ pub async fn front_door_tls(pki: &Pki, stub: &StubProc) -> tokio_rustls::client:
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(stub.url.trim_start_matches("https://")).await.unwrap();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = front_door_tcp(stub, source).await;
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
     tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(name, tcp).await.unwrap()
 }

@@ -134,6 +134,23 @@ impl Upstream {
     pub fn bytes_sent(&self) -> u64 {
         self.seen.bytes_sent.load(Ordering::SeqCst)
     }
+
+    /// Bytes sent once the upstream stops sending: polled until unchanged for a second
+    /// (bounded). For clients that never read, whose flow control must stop it.
+    pub async fn bytes_sent_when_settled(&self) -> u64 {
+        let deadline = tokio::time::Instant::now() + super::PATIENCE;
+        let (mut last, mut unchanged_since) = (self.bytes_sent(), tokio::time::Instant::now());
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let now = self.bytes_sent();
+            if now != last {
+                (last, unchanged_since) = (now, tokio::time::Instant::now());
+            } else if unchanged_since.elapsed() >= std::time::Duration::from_secs(1) {
+                return now;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the upstream never stopped sending: {now} bytes");
+        }
+    }
 }
 
 /// Counts an open `/watch` response until dropped.
@@ -209,13 +226,24 @@ async fn serve(seen: Arc<Seen>, mut req: Request<Incoming>) -> Result<Response<B
             .filter(|(name, _)| name.as_str().starts_with("impersonate-"))
             .map(|(name, value)| format!("{name}={}", value.to_str().unwrap()))
             .collect();
+        // Headers that claim who the caller is or where it comes from, as the API server reads them.
+        let identity: Vec<String> = req
+            .headers()
+            .iter()
+            .filter(|(name, _)| {
+                let name = name.as_str();
+                name.starts_with("x-remote-") || ["x-forwarded-for", "x-real-ip", "forwarded"].contains(&name)
+            })
+            .map(|(name, value)| format!("{name}={}", value.to_str().unwrap()))
+            .collect();
         let body = req.into_body().collect().await.unwrap().to_bytes();
         response = response
             .header("x-method", method)
             .header("x-uri", uri)
             .header("x-test-seen", header)
             .header("x-authorization-seen", authorization)
-            .header("x-impersonation-seen", impersonation.join(","));
+            .header("x-impersonation-seen", impersonation.join(","))
+            .header("x-identity-seen", identity.join(","));
         tether::bridge::full(body)
     } else if let Some(n) = path.strip_prefix("/bytes/") {
         let total: u64 = n.parse().unwrap();
