@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
 # kube-build.sh: build (once) and cache the real Kubernetes binaries that dev-cluster.sh runs:
-# kube-apiserver v1.20.2 and etcd. The one place for their versions and where they are cached.
+# kube-apiserver, kube-controller-manager, kube-scheduler and kubelet v1.20.2, etcd, and the
+# pod sandbox ("pause") program. The one place for their versions and where they are cached.
 #
 #   scripts/kube-build.sh              build unless the cache is valid, then print where the
 #                                      binaries are (KEY=VALUE lines, as --print-env)
 #   scripts/kube-build.sh --check      exit 0 if the cache is valid, 1 if not (builds nothing)
 #   scripts/kube-build.sh --print-env  print KUBE_VERSION, KUBE_CACHE_DIR and one NAME_BIN per
-#                                      binary (KUBE_APISERVER_BIN, ETCD_BIN), quoted for the
-#                                      shell (eval or source them); builds and checks nothing
+#                                      binary (KUBE_APISERVER_BIN, KUBELET_BIN, ..., ETCD_BIN,
+#                                      PAUSE_BIN), quoted for the shell (eval or source them);
+#                                      builds and checks nothing
 #
-# Where the binaries come from (see "Real components in tests" in DESIGN.md): Debian bookworm's
-# `kubernetes` source package ships the full v1.20.2 tree with vendor/, so kube-apiserver builds
-# offline with bookworm's Go 1.19; etcd is bookworm's etcd-server. All downloads go through apt,
-# using the Debian sources this machine is already configured with (no host name lives in this
-# script). The build needs about 2.3 GB of scratch disk and 5-6 minutes on 2 idle cores (8-9 when
-# the machine is busy compiling other things); only the binaries (about 126 MB) are kept, in
-# ${TETHER_CACHE:-$HOME/.cache/tether}/kube-1.20.2/. Concurrent runs take turns on a lock: the
-# second waits and then finds the cache filled.
+# Where the binaries come from (see docs/design.md): Debian bookworm's `kubernetes` source package
+# ships the full v1.20.2 tree with vendor/, so the Kubernetes commands build offline with
+# bookworm's Go 1.19; etcd is bookworm's etcd-server. One vendored package is replaced: the tree's
+# github.com/modern-go/reflect2 1.0.1 crashes on Go 1.18 and later (kube-apiserver died with
+# "fatal error: fault" whenever it pretty-printed JSON, as it does for curl), so Debian's 1.0.2
+# (golang-github-modern-go-reflect2-dev) is put in its place. The pause program is the tree's own
+# build/pause/linux/pause.c, compiled static with the machine's gcc. All downloads go through
+# apt, using the Debian sources this machine is already configured with (no host name lives in
+# this script). The build needs about 2.5 GB of scratch disk and 10-13 minutes on 2 idle cores;
+# only the binaries (about 250 MB) are kept, in ${TETHER_CACHE:-$HOME/.cache/tether}/kube-1.20.2/.
+# Concurrent runs take turns on a lock: the second waits and then finds the cache filled.
 #
 # Environment knobs:
 #   TETHER_CACHE       cache root (default $HOME/.cache/tether)
@@ -41,11 +46,16 @@ ETCD_PACKAGE=etcd-server
 # What `go build ./cmd/NAME` makes from the source tree, each installed as CACHE_DIR/NAME and
 # checked with `NAME --version`. Adding a component (kubelet, kube-scheduler, ...) is adding
 # its name here: the cache is then invalid until it is built too.
-KUBE_COMMANDS=(kube-apiserver)
+KUBE_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet)
+# What the cache was built by: a cache from an older recipe is built again. 2: reflect2 1.0.2,
+# the node's commands and pause.
+RECIPE=2
+REFLECT2_PACKAGE=golang-github-modern-go-reflect2-dev
 
 CACHE_ROOT=${TETHER_CACHE:-${HOME:?HOME is not set; set TETHER_CACHE}/.cache/tether}
 CACHE_DIR=$CACHE_ROOT/kube-${KUBE_VERSION#v}
 ETCD_BIN=$CACHE_DIR/etcd
+PAUSE_BIN=$CACHE_DIR/pause
 
 # bin_var NAME: the variable --print-env names NAME's path with (kube-apiserver -> KUBE_APISERVER_BIN).
 bin_var() { local v=${1^^}; printf '%s_BIN' "${v//-/_}"; }
@@ -57,6 +67,7 @@ print_env() {
   printf 'KUBE_CACHE_DIR=%q\n' "$CACHE_DIR"
   for c in "${KUBE_COMMANDS[@]}"; do printf '%s=%q\n' "$(bin_var "$c")" "$CACHE_DIR/$c"; done
   printf 'ETCD_BIN=%q\n' "$ETCD_BIN"
+  printf 'PAUSE_BIN=%q\n' "$PAUSE_BIN"
 }
 
 usage() {
@@ -75,6 +86,8 @@ USAGE
 # foreign binary must not pass.
 cache_ok() {
   local c
+  [[ $(cat "$CACHE_DIR/RECIPE" 2>/dev/null) == "$RECIPE" ]] || return 1
+  [[ -x $PAUSE_BIN ]] || return 1
   for c in "${KUBE_COMMANDS[@]}"; do
     [[ -x $CACHE_DIR/$c ]] || return 1
     [[ $("$CACHE_DIR/$c" --version 2>/dev/null) == "Kubernetes $KUBE_VERSION" ]] || return 1
@@ -183,7 +196,7 @@ do_build() {
     log "cached binaries present: ${listed%, } ($KUBE_VERSION), $ETCD_BIN"
     return 0
   fi
-  need_cmds apt-get apt-cache dpkg dpkg-source make awk flock tar
+  need_cmds apt-get apt-cache dpkg dpkg-source make awk flock tar gcc
 
   mkdir -p "$CACHE_ROOT"
   # Serialize concurrent builds (e.g. several test processes starting at once): the second one
@@ -247,7 +260,7 @@ do_build() {
   # -- downloads (step 3) --
   local DL=$BUILD_DIR/dl ROOT=$BUILD_DIR/root
   mkdir -p "$DL" "$ROOT"
-  local -a debs=("golang-$GO_SERIES-go" "golang-$GO_SERIES-src" "$ETCD_PACKAGE")
+  local -a debs=("golang-$GO_SERIES-go" "golang-$GO_SERIES-src" "$ETCD_PACKAGE" "$REFLECT2_PACKAGE")
   # make gen_openapi copies the generator with rsync. If the machine has none, unpack Debian's
   # rsync (and libpopt0, the one library it needs that a minimal system lacks) next to the
   # toolchain instead of installing it.
@@ -264,6 +277,15 @@ do_build() {
   run_logged "$BUILD_DIR/unpack.log" dpkg-source -x "$DL/${DEB_SRC_PACKAGE}_${DEB_SRC_VERSION}.dsc" "$SRC"
   local d
   for d in "$DL"/*.deb; do dpkg -x "$d" "$ROOT"; done
+
+  # The vendored reflect2 1.0.1 reads map internals the way Go 1.17 laid them out; 1.0.2 knows
+  # Go 1.18's. Same import path, so the tree compiles against it unchanged.
+  local REFLECT2=vendor/github.com/modern-go/reflect2
+  [[ -d $SRC/$REFLECT2 && -f $ROOT/usr/share/gocode/src/github.com/modern-go/reflect2/reflect2.go ]] ||
+    die "cannot replace $REFLECT2: the source tree or $REFLECT2_PACKAGE did not unpack as expected"
+  rm -rf "${SRC:?}/$REFLECT2"
+  cp -r "$ROOT/usr/share/gocode/src/github.com/modern-go/reflect2" "$SRC/$REFLECT2"
+  rm -f "$SRC/$REFLECT2/go.mod" "$SRC/$REFLECT2"/*_test.go
 
   local GOROOT_DIR=$ROOT/usr/lib/go-$GO_SERIES
   [[ -x $GOROOT_DIR/bin/go ]] || die "the golang-$GO_SERIES-go package did not unpack a go binary at $GOROOT_DIR/bin/go"
@@ -310,7 +332,7 @@ EOF
       ldflags+=" -X k8s.io/kubernetes/vendor/k8s.io/$pkg.$kv"
     done
   done
-  step 6 "compiling $(kube_names) (go build, about 4-7 minutes on 2 cores)"
+  step 6 "compiling $(kube_names) (go build, about 9-12 minutes on 2 cores)"
   # One go build per command, sharing GOCACHE, so a later command reuses the packages compiled
   # for an earlier one. cd through the GOPATH symlink: in GOPATH mode the package path comes
   # from the directory.
@@ -321,6 +343,9 @@ EOF
       env "${GOENV_VARS[@]}" go build -trimpath -tags selinux,notest -ldflags "$ldflags" \
       -o "$BUILD_DIR/out/$c" "./cmd/$c")
   done
+  log "  gcc -static build/pause/linux/pause.c"
+  run_logged "$BUILD_DIR/pause.log" gcc -Os -static -Wall -Werror -DVERSION=v3.4.1 \
+    -o "$BUILD_DIR/out/pause" "$SRC/build/pause/linux/pause.c"
 
   # -- install into the cache (step 7), clean up (step 8) --
   step 7 "installing $(kube_names) and etcd into $CACHE_DIR"
@@ -333,14 +358,17 @@ EOF
   mkdir -p "$CACHE_DIR"
   # Copy under a temporary name, then rename: a binary in the cache is always complete.
   cp "$ROOT/usr/bin/etcd" "$CACHE_DIR/.etcd.tmp" && mv -f "$CACHE_DIR/.etcd.tmp" "$ETCD_BIN"
-  for c in "${KUBE_COMMANDS[@]}"; do
+  for c in "${KUBE_COMMANDS[@]}" pause; do
     cp "$BUILD_DIR/out/$c" "$CACHE_DIR/.$c.tmp" && mv -f "$CACHE_DIR/.$c.tmp" "$CACHE_DIR/$c"
   done
+  echo "$RECIPE" >"$CACHE_DIR/RECIPE"
   {
     echo "$(kube_names) $KUBE_VERSION built $(date -u +%Y-%m-%dT%H:%M:%SZ) (compiled in $((SECONDS - BUILD_START))s)"
     echo "source package: $DEB_SRC_PACKAGE $DEB_SRC_VERSION"
     echo "go: $(env "${GOENV_VARS[@]}" go version)"
     echo "etcd: $ETCD_PACKAGE $(dpkg-deb -f "$DL"/${ETCD_PACKAGE}_*.deb Version)"
+    echo "reflect2: $REFLECT2_PACKAGE $(dpkg-deb -f "$DL"/${REFLECT2_PACKAGE}_*.deb Version) (in place of the vendored 1.0.1)"
+    echo "recipe: $RECIPE"
   } >"$CACHE_DIR/BUILD-INFO"
 
   # Removing ~2.3 GB in ~100k files can take a minute or more on a busy disk: say so.
