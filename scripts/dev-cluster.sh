@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# dev-cluster.sh: a real etcd + a real kube-apiserver v1.20.2 on loopback, for tether's
-# end-to-end tests and demos.
+# dev-cluster.sh: a real Kubernetes v1.20.2 cluster on this machine, for tether's end-to-end
+# tests and demos: etcd, kube-apiserver, kube-controller-manager and kube-scheduler on loopback,
+# and (as root) a real node that runs real pods (scripts/dev-node.sh: containerd, runc, CNI,
+# kubelet).
 #
-#   scripts/dev-cluster.sh start DIR    build if needed (kube-build.sh), start etcd +
-#                                       kube-apiserver, write DIR/{admin,agent}.kubeconfig,
-#                                       DIR/env, pid files, logs
-#   scripts/dev-cluster.sh stop DIR     stop exactly the processes that `start DIR` started
+#   scripts/dev-cluster.sh start [--no-node] DIR
+#                               build if needed (kube-build.sh), start the control plane (and the
+#                               node, unless --no-node), write DIR/{admin,agent}.kubeconfig,
+#                               DIR/env, pid files, logs; wait until it serves (and the node is
+#                               Ready)
+#   scripts/dev-cluster.sh stop DIR     stop exactly what `start DIR` started, and undo what the
+#                                       node changed on the host
 #   scripts/dev-cluster.sh status DIR   say whether the cluster in DIR is running
 #   scripts/dev-cluster.sh build        the same as scripts/kube-build.sh
 #
-# The binaries, their versions and where they are cached are kube-build.sh's business; this
-# script asks it (--print-env) and only runs them.
+# Two clusters in two directories are independent; only one of them may have a node (the node
+# is the machine's), and starting a second one with a node is refused naming the first. The
+# binaries, their versions and where they are cached are kube-build.sh's business; this script
+# asks it (--print-env) and only runs them.
 #
 # Environment knobs:
 #   TETHER_CACHE       cache root (default $HOME/.cache/tether; read by kube-build.sh)
@@ -28,6 +35,9 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 kube_env=$(bash "$HERE/kube-build.sh" --print-env) || die "scripts/kube-build.sh --print-env failed"
 eval "$kube_env"
 : "${KUBE_VERSION:?}" "${KUBE_CACHE_DIR:?}" "${KUBE_APISERVER_BIN:?}" "${ETCD_BIN:?}"
+: "${KUBE_CONTROLLER_MANAGER_BIN:?}" "${KUBE_SCHEDULER_BIN:?}"
+# NODE_GATEWAY and SERVICE_IP: where pods reach the host and the API server.
+eval "$(bash "$HERE/dev-node.sh" --print-env)"
 
 READY_TIMEOUT=${DEV_CLUSTER_READY_TIMEOUT:-90}
 ETCD_TIMEOUT=30
@@ -38,13 +48,15 @@ ADMIN_USER=tether-admin
 
 usage() {
   cat >&2 <<EOF
-usage: $PROG start DIR
+usage: $PROG start [--no-node] DIR
        $PROG stop DIR
        $PROG status DIR
        $PROG build
 
-start   starts etcd + kube-apiserver $KUBE_VERSION on 127.0.0.1 (free ports), writes kubeconfigs
-        and DIR/env; builds the binaries first if $KUBE_CACHE_DIR lacks them
+start   starts etcd, kube-apiserver, kube-controller-manager and kube-scheduler $KUBE_VERSION
+        (free ports on 127.0.0.1) and, unless --no-node (or not root), a node with containerd
+        and kubelet; writes kubeconfigs and DIR/env; builds the binaries first if
+        $KUBE_CACHE_DIR lacks them
 stop    stops the processes recorded in DIR (idempotent)
 status  says whether the cluster in DIR is running (exit 0 running, 3 not running, 1 partly)
 build   builds kube-apiserver $KUBE_VERSION and fetches etcd once, into $KUBE_CACHE_DIR
@@ -128,6 +140,14 @@ tail_logs() {
   done
 }
 
+# started_with DIR: the binaries the cluster in DIR was started with, from DIR/env. The cache's
+# place depends on HOME, which may differ now (under sudo, say), and pid_is must compare a
+# process with the binary it really runs.
+started_with() {
+  [[ -f $1/env ]] || return 0
+  eval "$(grep -E '^(KUBE_APISERVER|ETCD|KUBE_CONTROLLER_MANAGER|KUBE_SCHEDULER)_BIN=' "$1/env")"
+}
+
 # Is the cluster recorded in DIR running? 0: both processes, 1: none, 2: only one of them.
 cluster_state() {
   local dir=$1 n=0 ep ap
@@ -161,11 +181,16 @@ do_stop() {
     return 0
   fi
   dir=$(cd "$dir" && pwd)
-  if [[ ! -f $dir/apiserver.pid && ! -f $dir/etcd.pid ]]; then
+  if [[ ! -f $dir/apiserver.pid && ! -f $dir/etcd.pid && ! -d $dir/node ]]; then
     log "nothing running in $dir"
     return 0
   fi
-  # kube-apiserver first, so it does not spin on a vanished etcd.
+  started_with "$dir"
+  # The node first, then the controllers, then kube-apiserver, so it does not spin on a vanished
+  # etcd.
+  bash "$HERE/dev-node.sh" stop "$dir"
+  stop_pidfile "$dir" scheduler "$KUBE_SCHEDULER_BIN"
+  stop_pidfile "$dir" controller-manager "$KUBE_CONTROLLER_MANAGER_BIN"
   stop_pidfile "$dir" apiserver "$KUBE_APISERVER_BIN"
   stop_pidfile "$dir" etcd "$ETCD_BIN"
   log "stopped the dev cluster in $dir"
@@ -175,9 +200,13 @@ do_status() {
   local dir=$1 rc=0
   [[ -d $dir ]] || { echo "not running ($dir does not exist)"; return 3; }
   dir=$(cd "$dir" && pwd)
+  started_with "$dir"
   cluster_state "$dir" || rc=$?
   case $rc in
-    0) echo "running: $(grep -E '^APISERVER_URL=' "$dir/env" 2>/dev/null | cut -d= -f2-) (etcd pid $(cat "$dir/etcd.pid"), kube-apiserver pid $(cat "$dir/apiserver.pid"))" ;;
+    0)
+      echo "running: $(grep -E '^APISERVER_URL=' "$dir/env" 2>/dev/null | cut -d= -f2-) (etcd pid $(cat "$dir/etcd.pid"), kube-apiserver pid $(cat "$dir/apiserver.pid"))"
+      if [[ -f $dir/node/kubelet.pid ]]; then echo "node: kubelet pid $(cat "$dir/node/kubelet.pid"), containerd pid $(cat "$dir/node/containerd.pid" 2>/dev/null)"; fi
+      ;;
     1) echo "not running"; return 3 ;;
     *) echo "partly running (one of etcd / kube-apiserver is gone); run: $PROG stop $dir"; return 1 ;;
   esac
@@ -191,75 +220,37 @@ apiserver_ready() {
   curl -fsS --max-time 3 --cacert "$2" -H "Authorization: Bearer $3" "$1/readyz" 2>/dev/null | grep -qx ok
 }
 
-# start_daemon DIR NAME LOG BIN ARGS...: start BIN detached (own session, stdin from /dev/null,
-# output to LOG) so it outlives this script and does not hold a caller's pipe open. Writes
-# DIR/NAME.pid.
+# start_daemon DIR NAME LOG BIN ARGS...: lib.sh's daemon, its PID in DIR/NAME.pid.
 start_daemon() {
-  local dir=$1 name=$2 logf=$3; shift 3
-  # In a non-interactive bash the background child is not a process-group leader, so setsid
-  # calls setsid() and execs in place: $! is the daemon's own PID (pid_is checks that below).
-  setsid "$@" </dev/null >>"$logf" 2>&1 &
-  echo $! >"$dir/$name.pid"
+  local dir=$1 name=$2 logf=$3
+  shift 3
+  daemon "$dir/$name.pid" "$logf" "$@"
 }
 
-# This cluster runs no kube-controller-manager. Two of its jobs matter to anyone using the
-# cluster through tether, so they are done once here:
-# - the clusterrole-aggregation controller fills the aggregated ClusterRoles (view, edit, admin)
-#   from the roles their selectors match; without it, binding `view` grants nothing;
-# - the serviceaccount controller creates the `default` ServiceAccount, without which the
-#   ServiceAccount admission plugin refuses every pod in `default`.
-stand_in_for_controller_manager() {
-  local dir=$1 patches
-  patches=$(kubectl_dev "$dir" get clusterroles -o json | python3 -c '
-import json, sys
-roles = json.load(sys.stdin)["items"]
-def selected(role, selectors):
-    labels = role["metadata"].get("labels") or {}
-    return any(all(labels.get(k) == v for k, v in (s.get("matchLabels") or {}).items()) for s in selectors)
-changed = {}
-for _ in range(5):  # edit includes view, admin includes edit: repeat until nothing changes
-    progress = False
-    for role in roles:
-        selectors = (role.get("aggregationRule") or {}).get("clusterRoleSelectors")
-        if not selectors:
-            continue
-        rules = []
-        for source in roles:
-            if selected(source, selectors):
-                rules += [r for r in source.get("rules") or [] if r not in rules]
-        if rules != (role.get("rules") or []):
-            role["rules"] = rules
-            changed[role["metadata"]["name"]] = rules
-            progress = True
-    if not progress:
-        break
-for name, rules in changed.items():
-    print(name + "\t" + json.dumps({"rules": rules}))
-') || die "could not read the ClusterRoles to aggregate"
-  local name patch
-  while IFS=$'\t' read -r name patch; do
-    [ -n "$name" ] || continue
-    kubectl_dev "$dir" patch clusterrole "$name" --type=merge -p "$patch" >/dev/null ||
-      die "could not fill the aggregated ClusterRole $name"
-  done <<<"$patches"
-  kubectl_dev "$dir" apply -f - >/dev/null <<EOF || die "could not create the default ServiceAccount"
-apiVersion: v1
-kind: ServiceAccount
-metadata:
-  name: default
-  namespace: default
-EOF
-  log "aggregated ClusterRoles filled and default ServiceAccount created (no controller manager here)"
+# control_plane_ready URL CA TOKEN: kube-controller-manager has done what users of the cluster
+# rely on: the `default` ServiceAccount exists (without it, the ServiceAccount admission plugin
+# refuses every pod in `default`) and the aggregated ClusterRole `view` has its rules (without
+# them, binding `view` grants nothing).
+control_plane_ready() {
+  local url=$1 ca=$2 token=$3
+  curl -fsS --max-time 3 --cacert "$ca" -H "Authorization: Bearer $token" \
+    "$url/api/v1/namespaces/default/serviceaccounts/default" >/dev/null 2>&1 &&
+    curl -fsS --max-time 3 --cacert "$ca" -H "Authorization: Bearer $token" \
+      "$url/apis/rbac.authorization.k8s.io/v1/clusterroles/view" 2>/dev/null |
+    python3 -c 'import json, sys; sys.exit(0 if json.load(sys.stdin).get("rules") else 1)'
 }
 
 do_start() {
-  local dir=$1
-  need_cmds openssl curl setsid kubectl base64 awk
+  local dir=$1 node=$2
+  need_cmds openssl curl setsid kubectl base64 awk python3
+  if $node && (($(id -u) != 0)); then
+    die "a node (real pods) needs root; as $(id -un), start the cluster with --no-node"
+  fi
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd)
 
   local st=0
-  cluster_state "$dir" || st=$?
+  (started_with "$dir" && cluster_state "$dir") || st=$?
   if ((st == 0)); then
     log "already running in $dir ($(grep -E '^APISERVER_URL=' "$dir/env" 2>/dev/null | cut -d= -f2-)); nothing to do"
     return 0
@@ -273,9 +264,10 @@ do_start() {
 
   # Fresh state on every start: etcd data, keys, tokens and logs of a stopped cluster are
   # discarded (only the files this script writes; nothing else in DIR is touched).
-  rm -rf "$dir/etcd-data" "$dir/pki" "$dir/.kube-cache" "$dir/.kube-home"
-  rm -f "$dir"/{etcd,apiserver}.{pid,log} "$dir"/{audit.log,audit-policy.yaml,tokens.csv,env} \
-    "$dir"/{admin,agent}.kubeconfig
+  bash "$HERE/dev-node.sh" stop "$dir"
+  rm -rf "$dir/etcd-data" "$dir/pki" "$dir/.kube-cache" "$dir/.kube-home" "$dir/node"
+  rm -f "$dir"/{etcd,apiserver,controller-manager,scheduler}.{pid,log} \
+    "$dir"/{audit.log,audit-policy.yaml,tokens.csv,env} "$dir"/{admin,agent}.kubeconfig
   mkdir -p "$dir/pki"
   chmod 700 "$dir/pki"
 
@@ -285,9 +277,16 @@ do_start() {
   local api_url=https://127.0.0.1:$api_port etcd_url=http://127.0.0.1:$etcd_port
 
   # -- keys and certificates --
-  # A throw-away CA and a serving certificate for 127.0.0.1/localhost, so kubeconfigs carry a
-  # real CA (no insecure-skip-tls-verify); and a service-account signing key.
-  local P=$dir/pki
+  # A throw-away CA and a serving certificate for 127.0.0.1/localhost (and, with a node, the
+  # addresses pods use: the Service address and the pods' gateway), so kubeconfigs carry a real
+  # CA (no insecure-skip-tls-verify); and a service-account signing key.
+  local P=$dir/pki sans="IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"
+  local bind=127.0.0.1
+  if $node; then
+    sans+=",IP:$SERVICE_IP,IP:$NODE_GATEWAY"
+    # Pods reach the API server through the pods' gateway (the NAT rule for SERVICE_IP).
+    bind=0.0.0.0
+  fi
   (
     umask 077
     openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 3650 \
@@ -295,7 +294,7 @@ do_start() {
       -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
     openssl req -newkey rsa:2048 -nodes -sha256 -subj "/CN=kube-apiserver" \
       -keyout "$P/apiserver.key" -out "$P/apiserver.csr"
-    printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc" \
+    printf '%s\n' "subjectAltName=$sans" \
       "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
       "extendedKeyUsage=serverAuth" >"$P/apiserver.ext"
     openssl x509 -req -sha256 -days 3650 -in "$P/apiserver.csr" -CA "$P/ca.crt" -CAkey "$P/ca.key" \
@@ -348,7 +347,7 @@ EOF
   log "starting kube-apiserver $KUBE_VERSION on $api_url"
   start_daemon "$dir" apiserver "$dir/apiserver.log" "$KUBE_APISERVER_BIN" \
     --etcd-servers="$etcd_url" \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 \
+    --bind-address="$bind" --advertise-address=127.0.0.1 \
     --secure-port="$api_port" --insecure-port=0 \
     --cert-dir="$P" --tls-cert-file="$P/apiserver.crt" --tls-private-key-file="$P/apiserver.key" \
     --token-auth-file="$dir/tokens.csv" \
@@ -411,12 +410,27 @@ EOF
   fi
   rm -f "$dir/.rbac.log"
 
-  # -- what kube-controller-manager would do, which this cluster does not run --
-  # (in a subshell, so that its `die` comes back here and the cluster is stopped, not leaked)
-  if ! (stand_in_for_controller_manager "$dir"); then
+  # -- kube-controller-manager and kube-scheduler (no serving ports, no leader election) --
+  log "starting kube-controller-manager and kube-scheduler"
+  start_daemon "$dir" controller-manager "$dir/controller-manager.log" "$KUBE_CONTROLLER_MANAGER_BIN" \
+    --kubeconfig="$dir/admin.kubeconfig" --leader-elect=false --port=0 --secure-port=0 \
+    --service-account-private-key-file="$P/sa.key" --root-ca-file="$P/ca.crt" \
+    --use-service-account-credentials=false
+  start_daemon "$dir" scheduler "$dir/scheduler.log" "$KUBE_SCHEDULER_BIN" \
+    --kubeconfig="$dir/admin.kubeconfig" --leader-elect=false --port=0 --secure-port=0
+  rc=0
+  poll_until "$(cat "$dir/controller-manager.pid")" "$READY_TIMEOUT" \
+    control_plane_ready "$api_url" "$P/ca.crt" "$admin_token" || rc=$?
+  if ((rc != 0)); then
+    tail -n 25 "$dir/controller-manager.log" >&2 || true
     do_stop "$dir"
-    die "could not prepare RBAC roles and the default ServiceAccount (see above)"
+    die "kube-controller-manager did not fill the default ServiceAccount and aggregated roles within ${READY_TIMEOUT}s (log: $dir/controller-manager.log)"
   fi
+  running "$(cat "$dir/scheduler.pid")" "$KUBE_SCHEDULER_BIN" || {
+    tail -n 25 "$dir/scheduler.log" >&2 || true
+    do_stop "$dir"
+    die "kube-scheduler exited (log: $dir/scheduler.log)"
+  }
 
   # -- env file --
   (
@@ -435,11 +449,19 @@ EOF
         "AGENT_USER=$AGENT_USER" "AGENT_TOKEN=$agent_token" \
         "AUDIT_LOG=$dir/audit.log" "APISERVER_LOG=$dir/apiserver.log" "ETCD_LOG=$dir/etcd.log" \
         "APISERVER_PID_FILE=$dir/apiserver.pid" "ETCD_PID_FILE=$dir/etcd.pid" \
-        "KUBE_APISERVER_BIN=$KUBE_APISERVER_BIN" "ETCD_BIN=$ETCD_BIN"; do
+        "KUBE_APISERVER_BIN=$KUBE_APISERVER_BIN" "ETCD_BIN=$ETCD_BIN" \
+        "KUBE_CONTROLLER_MANAGER_BIN=$KUBE_CONTROLLER_MANAGER_BIN" "KUBE_SCHEDULER_BIN=$KUBE_SCHEDULER_BIN" \
+        "KUBELET_BIN=$KUBELET_BIN" "NODE=$node"; do
         printf '%s=%q\n' "${kv%%=*}" "${kv#*=}"
       done
     } >"$dir/env"
   )
+
+  # -- the node --
+  if $node; then
+    bash "$HERE/dev-node.sh" start "$dir" || { do_stop "$dir"; die "the node did not start (see above)"; }
+    cat "$dir/node/env" >>"$dir/env"
+  fi
 
   log "dev cluster up: $api_url (etcd $etcd_url)"
   log "  admin: KUBECONFIG=$dir/admin.kubeconfig kubectl get ns"
@@ -454,7 +476,12 @@ main() {
   local cmd=$1; shift
   case $cmd in
     build) (($# == 0)) || usage; exec bash "$HERE/kube-build.sh" ;;
-    start) (($# == 1)) || usage; do_start "$1" ;;
+    start)
+      local node=true
+      if [[ ${1:-} == --no-node ]]; then node=false; shift; fi
+      (($# == 1)) || usage
+      do_start "$1" "$node"
+      ;;
     stop) (($# == 1)) || usage; do_stop "$1" ;;
     status) (($# == 1)) || usage; do_status "$1" ;;
     -h | --help | help) usage ;;

@@ -150,3 +150,42 @@ wait_for_line() {
 
 # field LINE KEY: the value of " KEY=VALUE" in a log line (tracing's fields), up to a blank.
 field() { sed -n "s/.*[[:space:]]$2=\([^[:space:]]*\).*/\1/p" <<<"$1"; }
+
+# oci_archive ROOTFS NAME TAG OUT [CONFIG...]: pack the directory ROOTFS as a one-layer OCI image
+# NAME:TAG into the archive OUT (a tar of an OCI image layout, which `ctr images import` and any
+# OCI tool load; its index carries containerd's io.containerd.image.name annotation, so the
+# import names the image NAME:TAG), with CONFIG as umoci's image-configuration options (such as
+# --config.entrypoint /tether). No daemon and no registry: umoci writes the layout directly.
+# Prints the image's manifest digest.
+oci_archive() {
+  local rootfs=$1 name=$2 tag=$3 out=$4 work digest
+  shift 4
+  need_cmds umoci jq tar
+  work=$(mktemp -d "${TMPDIR:-/tmp}/oci.XXXXXX")
+  (
+    set -e
+    umoci init --layout "$work/oci"
+    umoci new --image "$work/oci:$tag"
+    umoci insert --image "$work/oci:$tag" "$rootfs" /
+    if (($# > 0)); then umoci config --image "$work/oci:$tag" "$@"; fi
+    umoci gc --layout "$work/oci"
+    jq --arg name "$name:$tag" '.manifests |= map(.annotations["io.containerd.image.name"] = $name)' \
+      "$work/oci/index.json" >"$work/index.json"
+    mv "$work/index.json" "$work/oci/index.json"
+  ) >"$work/umoci.log" 2>&1 || { cat "$work/umoci.log" >&2; rm -rf "$work"; die "umoci could not build image $name:$tag"; }
+  digest=$(jq -r '.manifests[0].digest' "$work/oci/index.json")
+  tar -C "$work/oci" -cf "$out.tmp" . && mv "$out.tmp" "$out"
+  rm -rf "$work"
+  printf '%s\n' "$digest"
+}
+
+# daemon PIDFILE LOG CMD...: start CMD detached (its own session, stdin from /dev/null, output
+# appended to LOG) so it outlives the calling script and holds no caller's pipe open; its PID
+# goes to PIDFILE. In a non-interactive bash the background child is not a process-group leader,
+# so setsid calls setsid() and execs in place: the PID is the daemon's own (pid_is checks it).
+daemon() {
+  local pidfile=$1 logf=$2
+  shift 2
+  setsid "$@" </dev/null >>"$logf" 2>&1 &
+  echo $! >"$pidfile"
+}

@@ -16,10 +16,26 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
-say "real kube-apiserver and etcd for the end-to-end tests (built once, cached outside the repo)"
-# The first run on a machine builds kube-apiserver v1.20.2 from Debian's source package (about
-# 5-9 minutes on 2 cores); later runs find it in ${TETHER_CACHE:-~/.cache/tether}.
-bash scripts/kube-build.sh
+say "the node's packages for the real-node tests (containerd, runc, CNI plugins, umoci, iptables, busybox)"
+# Debian's, installed once as root; without root the real-node tests print SKIPPED.
+node_packages=(containerd runc containernetworking-plugins umoci iptables busybox-static jq)
+if [ "$(id -u)" = 0 ]; then
+  missing=()
+  for p in "${node_packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  if ((${#missing[@]})); then
+    echo "installing ${missing[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+else
+  echo "not root: the real-node tests will be skipped (they need containerd and kubelet)" >&2
+fi
+
+say "real Kubernetes binaries for the end-to-end tests (built once, cached outside the repo)"
+# The first run on a machine builds kube-apiserver, kube-controller-manager, kube-scheduler and
+# kubelet v1.20.2 from Debian's source package (about 5-12 minutes on 2 cores); later runs find
+# them in ${TETHER_CACHE:-~/.cache/tether}.
+bash scripts/kube-build.sh >/dev/null
 if ! command -v kubectl >/dev/null; then
   echo "error: kubectl is not installed; the end-to-end tests drive the real kubectl" >&2
   exit 1
