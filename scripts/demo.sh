@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# demo.sh: tether end to end on this machine. A real kube-apiserver (scripts/dev-cluster.sh), a
-# stub, two agents that dial it and forward as `tether-agent` impersonating the caller, and
-# kubectl as user `alice` (who may `view` in namespace default) going through the tunnel.
+# demo.sh: tether end to end on this machine. A real Kubernetes cluster (scripts/dev-cluster.sh:
+# kube-apiserver, controllers and, as root, a real node), a stub, the agent installed as two pods
+# by `tether register`'s manifest (as root; otherwise two agent processes on this machine) that
+# dial the stub and forward as their service account impersonating the caller, and kubectl as
+# user `alice` (who may `view` in namespace default, and exec into its pods) going through the
+# tunnel, into a real container.
 #
 #   scripts/demo.sh            run the demo, then stay up until Ctrl-C (kubectl away as alice)
 #   scripts/demo.sh --smoke    run the demo, stop everything, exit 0 only if every step
@@ -11,11 +14,11 @@
 # scripts/bootstrap-certs.sh, the dev cluster, logs, alice's kubeconfig); the repository's certs/
 # is not touched. It is removed when the demo ends well, and kept (path printed) when a step
 # failed. Ports are chosen by the kernel. On exit (Ctrl-C, SIGTERM, a failure) the script stops
-# exactly what it started: the agents and the stub by PID, the dev cluster by
-# `dev-cluster.sh stop DIR`.
+# exactly what it started: the agents and the stub by PID, the dev cluster (and its node, with
+# the agent pods) by `dev-cluster.sh stop DIR`.
 #
-# The first run builds kube-apiserver from Debian's source package (5 to 9 minutes; progress is
-# printed); later runs start in about 10 seconds.
+# The first run builds the Kubernetes binaries from Debian's source package (5 to 12 minutes;
+# progress is printed); later runs start in about 40 seconds with a node, 10 without.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -85,20 +88,37 @@ step "building tether (cargo build)"
 cargo build --manifest-path "$root/Cargo.toml" --bin tether
 info "binary: $tether"
 
+# A node (real pods) needs root; without it the agents run as processes on this machine.
+node=false
+if (($(id -u) == 0)); then node=true; fi
+eval "$(bash "$root/scripts/dev-node.sh" --print-env)" # NODE_GATEWAY: where pods reach this machine
+
 step "bootstrapping certificates in $certs"
 TETHER=$tether "$root/scripts/bootstrap-certs.sh" "$certs" dev
+if $node; then
+  # The agent pods reach the stub at the pod network's gateway: the stub's certificate names it.
+  "$tether" certs stub --dir "$certs" --san localhost --san 127.0.0.1 --san "$NODE_GATEWAY" --force >/dev/null
+  info "stub certificate reissued for localhost, 127.0.0.1 and $NODE_GATEWAY (the pods' gateway)"
+fi
 
-# -- 2. a real kube-apiserver ----------------------------------------------------------------------
-step "starting the dev cluster (etcd + kube-apiserver v1.20.2 on loopback)"
+# -- 2. a real Kubernetes cluster ------------------------------------------------------------------
 cluster_started=true
-"$root/scripts/dev-cluster.sh" start "$cluster"
+if $node; then
+  step "starting the dev cluster (etcd, kube-apiserver, controllers v1.20.2, and a node: containerd + kubelet)"
+  "$root/scripts/dev-cluster.sh" start "$cluster"
+else
+  step "starting the dev cluster (etcd, kube-apiserver, controllers v1.20.2; not root, so no node)"
+  "$root/scripts/dev-cluster.sh" start --no-node "$cluster"
+fi
 # shellcheck disable=SC1091
 . "$cluster/env"
 admin() { kubectl --kubeconfig "$ADMIN_KUBECONFIG" "$@"; }
 
 # -- 3. stub and agents ----------------------------------------------------------------------------
 step "starting the stub"
-spawn stub "$demo/stub.log" "$tether" stub --certs "$certs" --quic-listen 127.0.0.1:0 \
+listen=127.0.0.1
+if $node; then listen=0.0.0.0; fi # the pods reach it through the pod network's gateway
+spawn stub "$demo/stub.log" "$tether" stub --certs "$certs" --quic-listen "$listen:0" \
   --https-listen 127.0.0.1:0 --audit-log "$demo/stub-audit.log"
 stub_pid=$SPAWNED_PID
 line=$(wait_for_line "$demo/stub.log" "stub listening" "$stub_pid" stub "$PATIENCE")
@@ -109,17 +129,41 @@ stub_url=https://$https
 info "pid $stub_pid: QUIC for agents on $quic, HTTPS front door on $stub_url"
 info "its audit log: $demo/stub-audit.log"
 
-step "starting two agents for cluster dev (credential: $AGENT_KUBECONFIG, may only impersonate)"
-for name in agent-0 agent-1; do
-  spawn "$name" "$demo/$name.log" "$tether" agent --certs "$certs" --cluster dev --name "$name" \
-    --stub "localhost:${quic##*:}" --kubeconfig "$AGENT_KUBECONFIG"
-  pid=$SPAWNED_PID
-  wait_for_line "$demo/$name.log" "connected to stub" "$pid" "$name" "$PATIENCE" >/dev/null
-  info "$name (pid $pid) connected to the stub"
-done
+if $node; then
+  step "the tether image (scripts/image.sh) and a small one to exec into (scripts/busybox-image.sh), loaded into the node"
+  "$root/scripts/image.sh" --binary "$tether" --out "$demo/tether-image.tar" >/dev/null
+  "$root/scripts/busybox-image.sh" "$demo/busybox-image.tar" 2>/dev/null
+  "$root/scripts/dev-node.sh" import "$cluster" "$demo/tether-image.tar"
+  "$root/scripts/dev-node.sh" import "$cluster" "$demo/busybox-image.tar"
+  info "localhost/tether:$("$tether" --version | awk '{print $2}') and localhost/busybox:tether-test"
+
+  step "as the cluster's admin: install the agent (tether register ... | kubectl apply -f -)"
+  "$tether" register --certs "$certs" --cluster dev --stub "$NODE_GATEWAY:${quic##*:}" >"$demo/agent.yaml"
+  admin apply -f "$demo/agent.yaml" 2>&1 | grep -v 'minor version skew' | sed 's/^/    /'
+  deadline=$((SECONDS + PATIENCE * 2))
+  until [[ $(admin get pods -n tether-system -l app.kubernetes.io/name=tether-agent --no-headers 2>/dev/null | grep -c ' 1/1 *Running') == 2 ]]; do
+    ((SECONDS < deadline)) || die "the two agent pods were not Ready within $((PATIENCE * 2))s"
+    sleep 0.5
+  done
+  admin get pods -n tether-system -o wide 2>&1 | grep -v 'minor version skew' | sed 's/^/    /'
+  wait_for_line "$demo/stub.log" "agent connected" "$stub_pid" stub "$PATIENCE" >/dev/null
+  agent_identity=system:serviceaccount:tether-system:tether-agent
+  verdict_later="the agent runs as two pods, connected to the stub"
+else
+  step "starting two agents for cluster dev (credential: $AGENT_KUBECONFIG, may only impersonate)"
+  for name in agent-0 agent-1; do
+    spawn "$name" "$demo/$name.log" "$tether" agent --certs "$certs" --cluster dev --name "$name" \
+      --stub "localhost:${quic##*:}" --kubeconfig "$AGENT_KUBECONFIG"
+    pid=$SPAWNED_PID
+    wait_for_line "$demo/$name.log" "connected to stub" "$pid" "$name" "$PATIENCE" >/dev/null
+    info "$name (pid $pid) connected to the stub"
+  done
+  agent_identity=$AGENT_USER
+  verdict_later=
+fi
 
 # -- 4. RBAC and alice's kubeconfig ----------------------------------------------------------------
-step "as the cluster admin: alice may view namespace default; a ConfigMap and a Secret to look at"
+step "as the cluster admin: alice may view namespace default and exec into its pods; a ConfigMap and a Secret to look at"
 admin apply -f - <<'EOF'
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
@@ -130,6 +174,30 @@ roleRef:
   apiGroup: rbac.authorization.k8s.io
   kind: ClusterRole
   name: view
+subjects:
+- apiGroup: rbac.authorization.k8s.io
+  kind: User
+  name: alice
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: pod-exec
+  namespace: default
+rules:
+- apiGroups: [""]
+  resources: ["pods/exec"]
+  verbs: ["create"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: alice-exec
+  namespace: default
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: Role
+  name: pod-exec
 subjects:
 - apiGroup: rbac.authorization.k8s.io
   kind: User
@@ -151,6 +219,23 @@ metadata:
 stringData:
   password: not-for-alice
 EOF
+if $node; then
+  admin apply -f - <<'EOF'
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  namespace: default
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: localhost/busybox:tether-test
+    imagePullPolicy: Never
+    command: ["sh", "-c", "mkdir -p /tmp/www && echo hello from a real container > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"]
+EOF
+  admin wait --for=condition=Ready pod/web -n default --timeout="${PATIENCE}s" >/dev/null
+fi
 # The RBAC authorizer reads bindings from a cache: wait (bounded) until it counts.
 deadline=$((SECONDS + PATIENCE))
 until admin auth can-i list configmaps --namespace default --as alice >/dev/null 2>&1; do
@@ -196,12 +281,18 @@ verdict() {
 }
 
 step "kubectl as alice, through the stub and an agent"
+[[ -z $verdict_later ]] || verdict good "$verdict_later"
 check ok "configmap/hello" "alice lists ConfigMaps in default (RoleBinding to view)" -- \
   get configmaps -n default -o name
 check ok "hello through tether" "and reads the one the admin created" -- \
   get configmap hello -n default -o 'jsonpath={.data.greeting}'
-check ok "" "alice lists Pods in default (there are none: no kubelet here)" -- \
-  get pods -n default
+if $node; then
+  check ok "web" "alice lists Pods in default" -- get pods -n default
+  check ok "hello from a real container" "kubectl exec through the tunnel, into a real container" -- \
+    exec web -n default -- cat /tmp/www/index.html
+else
+  check ok "" "alice lists Pods in default (there are none: no node here)" -- get pods -n default
+fi
 check refused 'User "alice" cannot list resource "namespaces"' \
   "listing namespaces: the API server's own 403, naming alice" -- get namespaces
 check refused 'User "alice" cannot get resource "secrets"' \
@@ -222,12 +313,12 @@ if command -v jq >/dev/null; then
     groups: .impersonatedUser.groups, verb, requestURI, code: .responseStatus.code}" "$AUDIT_LOG" |
     sed 's/^/    /'
   seen=$(jq -c "$query" "$AUDIT_LOG" | wc -l)
-  by_agent=$(jq -c "$query | select(.user.username == \"$AGENT_USER\")" "$AUDIT_LOG" | wc -l)
+  by_agent=$(jq -c "$query | select(.user.username == \"$agent_identity\")" "$AUDIT_LOG" | wc -l)
   as_admin=$(jq -c 'select(.impersonatedUser.username == "system:admin")' "$AUDIT_LOG" | wc -l)
   if ((seen >= 2 && seen == by_agent)); then
-    verdict good "both Secret reads arrived as $AGENT_USER impersonating alice"
+    verdict good "both Secret reads arrived as $agent_identity impersonating alice"
   else
-    verdict bad "expected 2 Secret reads as $AGENT_USER impersonating alice; saw $seen ($by_agent by the agent)"
+    verdict bad "expected 2 Secret reads as $agent_identity impersonating alice; saw $seen ($by_agent by the agent)"
   fi
   if ((as_admin == 0)); then
     verdict good "no request ever impersonated system:admin"
@@ -264,9 +355,11 @@ tether is up. In another terminal:
     kubectl get configmaps -n default
     kubectl get configmaps -n default -w        # a watch through the tunnel
     kubectl get secrets -n kube-system          # 403 from the API server
+$($node && printf '    kubectl exec -it web -- sh                  # a shell in a real container, through the tunnel\n')
 
   cluster admin, straight to the API server: KUBECONFIG=$ADMIN_KUBECONFIG
-  logs: $demo/{stub,agent-0,agent-1}.log; API server audit log: $AUDIT_LOG
+  $($node && echo "the agent pods: kubectl --kubeconfig \$ADMIN_KUBECONFIG -n tether-system get pods; their logs: ... logs -l app.kubernetes.io/name=tether-agent" || echo "agent logs: $demo/{agent-0,agent-1}.log")
+  stub log: $demo/stub.log; API server audit log: $AUDIT_LOG
 
 Press Ctrl-C to stop the agents, the stub and the dev cluster.
 EOF

@@ -181,6 +181,16 @@ spec:
       serviceAccountName: tether-agent
       # SIGTERM drains (the stub routes nothing new, in-flight requests finish): give it time.
       terminationGracePeriodSeconds: 30
+      # Not root, nothing to escalate to, the runtime's default syscall filter; the Secret's
+      # files are readable through the group.
+      securityContext:
+        runAsNonRoot: true
+        runAsUser: 65532
+        runAsGroup: 65532
+        fsGroup: 65532
+        seccompProfile:
+          type: RuntimeDefault
+      # Preferred, not required: on a one-node cluster the second replica runs beside the first.
       affinity:
         podAntiAffinity:
           preferredDuringSchedulingIgnoredDuringExecution:
@@ -193,6 +203,7 @@ spec:
       containers:
       - name: agent
         image: {image}
+        imagePullPolicy: IfNotPresent
         args: [{args}]
         env:
         - name: TETHER_GRACE
@@ -220,7 +231,8 @@ spec:
           allowPrivilegeEscalation: false
           readOnlyRootFilesystem: true
           runAsNonRoot: true
-          runAsUser: 65532
+          capabilities:
+            drop: ["ALL"]
         volumeMounts:
         - name: tether
           mountPath: /etc/tether

@@ -302,8 +302,9 @@ async fn carol_with_edit_applies_and_deletes_a_configmap() {
 async fn exec_is_forbidden_without_the_right_and_reaches_the_api_server_with_it() {
     let t = tether().await;
     let pod = unique("exec");
-    // No kubelet runs, so the pod is never scheduled: a permitted exec gets the API server's
-    // 400 "does not have a host assigned", which proves the request reached it as that user.
+    // This cluster has no node, so the pod is never scheduled: a permitted exec gets the API
+    // server's 400 "does not have a host assigned", which proves the request reached it as that
+    // user. (tests/real_node.rs execs into real containers.)
     t.cluster
         .apply_as_admin(&format!(
             "apiVersion: v1
@@ -654,8 +655,8 @@ async fn an_in_cluster_agent_acts_as_its_manifests_service_account_and_follows_t
     let pki = support::Pki::new();
     let certs = pki.path().to_str().unwrap();
     let namespace = unique("ic");
-    // What an admin does: apply the manifest for real (its Deployment stays without pods here:
-    // the dev cluster has no scheduler or kubelet), then run the agent as its pod would.
+    // What an admin does: apply the manifest for real (its pods stay Pending here: this dev
+    // cluster has no node; tests/real_node.rs runs them), then run the agent as its pod would.
     let manifest = run_tether(&[
         "register",
         "--certs",
@@ -732,4 +733,56 @@ async fn an_in_cluster_agent_acts_as_its_manifests_service_account_and_follows_t
 
     tether::identity::files::write_atomic(&token_file, agent_token.trim().as_bytes(), Mode::Secret).unwrap();
     assert_eq!(support::call(&client, "GET", &list(&unique("ic-third")), "").await.0, 200);
+}
+
+/// kube-apiserver pretty-prints JSON for a client whose user agent starts with `curl`, and the
+/// vendored reflect2 1.0.1 crashed it there on Go 1.19 (`fatal error: fault`): kube-build.sh
+/// builds it against Debian's reflect2 1.0.2 instead.
+#[tokio::test]
+async fn curl_lists_configmaps_directly_and_through_the_tunnel_and_the_api_server_lives_on() {
+    let t = tether().await;
+    let marker = unique("curl");
+    t.cluster.create_configmap("default", &marker, &[]).await;
+    let user = unique("curl-user");
+    grant_view(&t.cluster, &user).await;
+    let token = t.token(&user, &[], &[CLUSTER], "10m").await;
+    let curl = |url: String, ca: String, token: String| async move {
+        // curl's own user agent, as a person would run it.
+        let output = tokio::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--fail",
+                "--max-time",
+                "20",
+                "--cacert",
+                &ca,
+                "-H",
+                &format!("Authorization: Bearer {token}"),
+                &url,
+            ])
+            .output()
+            .await
+            .unwrap();
+        assert!(output.status.success(), "curl {url}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let path = "/api/v1/namespaces/default/configmaps";
+    let direct = curl(
+        format!("{}{path}", t.cluster.apiserver_url()),
+        t.cluster.env("CA_FILE").to_owned(),
+        t.cluster.env("ADMIN_TOKEN").to_owned(),
+    )
+    .await;
+    let tunnelled = curl(t.url(path), t.pki.dir.ca_cert().to_str().unwrap().to_owned(), token).await;
+    for (how, body) in [("directly", &direct), ("through the tunnel", &tunnelled)] {
+        assert!(body.starts_with("{\n  \"kind\": \"ConfigMapList\""), "{how}: not the pretty-printed list: {body}");
+        assert!(body.contains(&marker), "{how}: {body}");
+    }
+    // Still up: another request, and the process.
+    let [_, apiserver] = t.cluster.pids();
+    assert!(std::path::Path::new(&format!("/proc/{apiserver}")).exists(), "kube-apiserver died");
+    expect_ok(
+        &t.cluster.kubectl(&t.cluster.admin_kubeconfig(), &["get", "configmap", &marker]).await,
+        "the API server answers",
+    );
 }

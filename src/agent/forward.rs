@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, Request, StatusCode};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::upstream::Upstream;
@@ -36,8 +37,14 @@ pub struct Forwarder {
     pub metrics: Arc<super::metrics::AgentMetrics>,
 }
 
-/// Serves one stream opened by the stub.
-pub async fn serve_stream(forwarder: Arc<Forwarder>, mut send: SendHalf, mut recv: RecvHalf) {
+/// Serves one stream opened by the stub. If it is a watch, `watches_end` cancelled ends it
+/// cleanly (the agent is draining).
+pub async fn serve_stream(
+    forwarder: Arc<Forwarder>,
+    mut send: SendHalf,
+    mut recv: RecvHalf,
+    watches_end: CancellationToken,
+) {
     let _in_flight = super::metrics::InFlight::new(forwarder.metrics.clone());
     let head: RequestHead = match read_frame_within(&mut recv, HEAD_TIMEOUT).await {
         Ok(head) => head,
@@ -60,7 +67,7 @@ pub async fn serve_stream(forwarder: Arc<Forwarder>, mut send: SendHalf, mut rec
             }
         };
         tracing::Span::current().record("user", claims.sub.as_str());
-        forward(&forwarder, &claims, head, send, recv).await
+        forward(&forwarder, &claims, head, send, recv, watches_end).await
     }
     .instrument(span)
     .await
@@ -103,8 +110,25 @@ pub fn impersonate(headers: &mut http::HeaderMap, claims: &Claims) -> Result<(),
     Ok(())
 }
 
-async fn forward(forwarder: &Forwarder, claims: &Claims, head: RequestHead, mut send: SendHalf, recv: RecvHalf) {
+/// Whether a request is a watch (a GET with `watch=true` or `watch=1`): one that never ends by
+/// itself, and may be ended cleanly at any time.
+pub fn is_watch(method: &str, path_and_query: &str) -> bool {
+    method == "GET"
+        && path_and_query
+            .split_once('?')
+            .is_some_and(|(_, query)| query.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"))
+}
+
+async fn forward(
+    forwarder: &Forwarder,
+    claims: &Claims,
+    head: RequestHead,
+    mut send: SendHalf,
+    recv: RecvHalf,
+    watches_end: CancellationToken,
+) {
     let upstream = &forwarder.upstream;
+    let watch = is_watch(&head.method, &head.path_and_query);
     // The stub sends an `Upgrade` header only for a request that asks to switch protocols.
     let upgrade = head.headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade"));
     let mut headers = bridge::headers_from_wire(&head.headers, upgrade);
@@ -177,8 +201,13 @@ async fn forward(forwarder: &Forwarder, claims: &Claims, head: RequestHead, mut 
         return tracing::debug!(error = %e, "stub went away before the response head");
     }
     forwarder.metrics.requests.inc(&[parts.status.as_str()]);
+    // A JSON watch (one event per line) may be ended between two events when the agent drains.
+    let json =
+        parts.headers.get(http::header::CONTENT_TYPE).is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
+    let never = CancellationToken::new();
+    let end = if watch && json { &watches_end } else { &never };
     let pumped = tokio::select! {
-        pumped = bridge::pump_body(body, &mut send) => pumped,
+        pumped = pump_response(body, &mut send, end) => pumped,
         _ = &mut stopped => return tracing::debug!("stub stopped the response; upstream request aborted"),
     };
     match pumped {
@@ -191,6 +220,38 @@ async fn forward(forwarder: &Forwarder, claims: &Claims, head: RequestHead, mut 
         Err(PumpError::Source(e)) => {
             tracing::warn!(error = %e, "upstream failed in the middle of the response");
             send.reset(AppCode::UpstreamFailed);
+        }
+    }
+}
+
+/// Moves a response body like [`bridge::pump_body`]; once `end` is cancelled (only ever for a
+/// JSON watch, one event per line) it ends the body (`Ok`) at the next point between two
+/// events, never inside one: the caller sees a whole stream of whole events, as when an API
+/// server ends a watch, and watches again.
+async fn pump_response<B>(body: B, send: &mut SendHalf, end: &CancellationToken) -> Result<u64, PumpError>
+where
+    B: hyper::body::Body<Data = bytes::Bytes>,
+    B::Error: Into<bridge::BoxError>,
+{
+    use futures_util::StreamExt;
+    let mut frames = std::pin::pin!(http_body_util::BodyStream::new(body));
+    let (mut moved, mut between_events) = (0u64, true);
+    loop {
+        let frame = tokio::select! {
+            frame = frames.next() => frame,
+            _ = end.cancelled(), if between_events => {
+                tracing::debug!("watch ended between two events: this agent is draining");
+                return Ok(moved);
+            }
+        };
+        let Some(frame) = frame else { return Ok(moved) };
+        let frame = frame.map_err(|e| PumpError::Source(e.into()))?;
+        if let Ok(data) = frame.into_data()
+            && !data.is_empty()
+        {
+            between_events = data.ends_with(b"\n");
+            moved += data.len() as u64;
+            send.write_chunk(data).await.map_err(PumpError::Sink)?;
         }
     }
 }

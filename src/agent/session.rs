@@ -77,6 +77,8 @@ pub async fn serve(
     grace: Duration,
 ) -> SessionEnd {
     let streams = TaskTracker::new();
+    // Cancelled when a drain has been acknowledged: open watches then end (see `drain`).
+    let watches_end = CancellationToken::new();
     loop {
         let accepted = tokio::select! {
             accepted = session.conn.accept_stream() => accepted,
@@ -84,19 +86,27 @@ pub async fn serve(
         };
         match accepted {
             Ok((send, recv)) => {
-                streams.spawn(serve_stream(forwarder.clone(), send, recv));
+                streams.spawn(serve_stream(forwarder.clone(), send, recv, watches_end.clone()));
             }
             Err(reason) => return SessionEnd::Lost { reason },
         }
     }
-    drain(&mut session, &forwarder, &streams, grace).await;
+    drain(&mut session, &forwarder, &streams, &watches_end, grace).await;
     SessionEnd::Stopped
 }
 
 /// Graceful end: ask the stub to route nothing new here, keep serving whatever it opened
 /// before it heard that (until its `DrainAck`), let in-flight streams finish within the grace
-/// period, then close. A rolling restart of the replicas fails no request this way.
-async fn drain(session: &mut Session, forwarder: &Arc<Forwarder>, streams: &TaskTracker, grace: Duration) {
+/// period, then close. A rolling restart of the replicas fails no request this way. Watches
+/// never finish by themselves, so once the stub routes nothing new here they are ended cleanly,
+/// as an API server ends a watch: their clients watch again, through another agent.
+async fn drain(
+    session: &mut Session,
+    forwarder: &Arc<Forwarder>,
+    streams: &TaskTracker,
+    watches_end: &CancellationToken,
+    grace: Duration,
+) {
     let Session { conn, control, control_recv, connection_id } = session;
     tracing::info!(
         connection = *connection_id,
@@ -117,11 +127,12 @@ async fn drain(session: &mut Session, forwarder: &Arc<Forwarder>, streams: &Task
                 }
                 acked = true;
                 streams.close();
-                tracing::info!(connection = *connection_id, in_flight = streams.len(), "drained: no new requests; finishing in-flight ones");
+                watches_end.cancel();
+                tracing::info!(connection = *connection_id, in_flight = streams.len(), "drained: no new requests; finishing in-flight ones, ending watches");
             }
             accepted = conn.accept_stream() => match accepted {
                 Ok((send, recv)) => {
-                    streams.spawn(serve_stream(forwarder.clone(), send, recv));
+                    streams.spawn(serve_stream(forwarder.clone(), send, recv, watches_end.clone()));
                 }
                 Err(_) => break,
             },

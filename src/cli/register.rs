@@ -16,11 +16,11 @@ pub struct RegisterArgs {
     /// Agent name (both replicas share its certificate).
     #[arg(long, default_value = "agent")]
     name: String,
-    /// The stub's QUIC address as the cluster reaches it, HOST:PORT.
+    /// The stub's agent address (UDP and TCP) as the cluster's pods reach it, HOST:PORT.
     #[arg(long)]
     stub: String,
-    /// Container image with the tether binary.
-    #[arg(long, default_value = concat!("tether:", env!("CARGO_PKG_VERSION")))]
+    /// Container image with the tether binary (`scripts/image.sh` builds this one).
+    #[arg(long, default_value = concat!("localhost/tether:", env!("CARGO_PKG_VERSION")))]
     image: String,
     #[arg(long, default_value = "tether-system")]
     namespace: String,

@@ -1,10 +1,12 @@
 //! A real kube-apiserver for end-to-end tests, and tether in front of it.
 //!
-//! - [`DevCluster`]: `scripts/dev-cluster.sh start` in a temporary directory (etcd + kube-apiserver
-//!   v1.20.2 on loopback), its kubeconfigs and audit log, `kubectl` with a private HOME, RBAC
-//!   helpers. Dropping it runs `dev-cluster.sh stop`, which stops exactly the two processes that
-//!   `start` recorded. [`DevCluster::shared`] lets the tests of one binary share one cluster
-//!   (starting one costs about 8 s); it stops when the last test holding it ends.
+//! - [`DevCluster`]: `scripts/dev-cluster.sh start` in a temporary directory (etcd,
+//!   kube-apiserver, kube-controller-manager and kube-scheduler v1.20.2 on loopback, and with
+//!   [`DevCluster::shared_with_node`] a real node: containerd and kubelet), its kubeconfigs and
+//!   audit log, `kubectl` with a private HOME, RBAC helpers. Dropping it runs `dev-cluster.sh
+//!   stop`, which stops exactly the processes that `start` recorded and undoes what the node
+//!   changed. [`DevCluster::shared`] lets the tests of one binary share one cluster (starting one
+//!   costs about 8 s, 25 s with a node); it stops when the last test holding it ends.
 //! - [`Tether`]: a certificate directory with the token issuer key, a stub with an audit log, and
 //!   two agents of cluster `dev` whose upstream is the dev cluster's `agent.kubeconfig` (a user
 //!   that may only impersonate), plus user tokens and kubeconfigs minted by the real binary.
@@ -32,8 +34,9 @@ pub const AGENT_USER: &str = "tether-agent";
 /// The dev cluster's administrator (system:masters).
 pub const ADMIN_USER: &str = "tether-admin";
 
-/// `dev-cluster.sh start` normally takes about 8 s; on a machine without the cached binaries it
-/// first builds kube-apiserver (5 to 9 minutes on 2 busy cores), which must not fail the tests.
+/// `dev-cluster.sh start` normally takes about 8 s (25 s with a node); on a machine without the
+/// cached binaries it first builds them (5 to 12 minutes on 2 busy cores), which must not fail
+/// the tests.
 const START_LIMIT: Duration = Duration::from_secs(20 * 60);
 /// One kubectl invocation (the dispatcher's /version probe, discovery, the request itself) on a
 /// machine that may be compiling at the same time.
@@ -160,25 +163,43 @@ impl DevCluster {
     /// stopped when the last test holding it ends (so a later test may start a fresh one).
     /// Tests sharing it keep apart by unique object names, users and bindings.
     pub async fn shared() -> Arc<DevCluster> {
+        DevCluster::shared_as(false).await
+    }
+
+    /// Like [`DevCluster::shared`], with a node that runs real pods (root only: see
+    /// [`node_unavailable`]). A test binary uses one or the other.
+    pub async fn shared_with_node() -> Arc<DevCluster> {
+        DevCluster::shared_as(true).await
+    }
+
+    async fn shared_as(node: bool) -> Arc<DevCluster> {
         // An async mutex, so that concurrent tests wait for the one start instead of racing.
         let mut slot = SHARED.lock().await;
         if let Some(cluster) = slot.upgrade() {
             return cluster;
         }
-        let cluster = Arc::new(DevCluster::start().await);
+        let cluster = Arc::new(DevCluster::start_as(node).await);
         *slot = Arc::downgrade(&cluster);
         cluster
     }
 
-    /// Starts a cluster of its own.
+    /// Starts a cluster of its own, without a node.
     pub async fn start() -> DevCluster {
+        DevCluster::start_as(false).await
+    }
+
+    async fn start_as(node: bool) -> DevCluster {
         let dir = tempfile::Builder::new().prefix("tether-dev-cluster-").tempdir().unwrap();
         let home = tempfile::Builder::new().prefix("tether-kubectl-home-").tempdir().unwrap();
         // Built before starting, so that a failed or timed-out start still runs `stop` (Drop)
         // on whatever the script managed to launch.
         let mut cluster = DevCluster { dir, home, env: HashMap::new() };
         let mut command = tokio::process::Command::new("bash");
-        command.arg(dev_cluster_script()).arg("start").arg(cluster.dir.path());
+        command.arg(dev_cluster_script()).arg("start");
+        if !node {
+            command.arg("--no-node");
+        }
+        command.arg(cluster.dir.path());
         let started = Instant::now();
         let output = run(command, None, START_LIMIT, "scripts/dev-cluster.sh start").await;
         assert!(output.status.success(), "scripts/dev-cluster.sh start failed ({}):\n{}", output.status, text(&output));
@@ -190,6 +211,14 @@ impl DevCluster {
             cluster.dir.path().display()
         );
         cluster
+    }
+
+    /// Loads an OCI image archive into the node (`dev-node.sh import`).
+    pub async fn import_image(&self, archive: &Path) {
+        let mut command = tokio::process::Command::new("bash");
+        command.arg(manifest_dir().join("scripts/dev-node.sh")).arg("import").arg(self.dir.path()).arg(archive);
+        let output = run(command, None, KUBECTL_LIMIT, "scripts/dev-node.sh import").await;
+        expect_ok(&output, "dev-node.sh import");
     }
 
     /// A variable of DIR/env.
@@ -231,6 +260,14 @@ impl DevCluster {
 
     /// Like [`DevCluster::kubectl`], with `stdin` as kubectl's input (for `apply -f -`).
     pub async fn kubectl_with_stdin(&self, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+        let what = format!("kubectl {}", args.join(" "));
+        run(self.kubectl_command(kubeconfig, args), stdin.map(str::as_bytes), KUBECTL_LIMIT, &what).await
+    }
+
+    /// The kubectl command line for `kubeconfig` and `args` with the private HOME, for a test
+    /// that talks to kubectl while it runs (logs -f, port-forward, attach). It is killed (by
+    /// its PID) when dropped.
+    pub fn kubectl_command(&self, kubeconfig: &Path, args: &[&str]) -> tokio::process::Command {
         let mut command = tokio::process::Command::new("kubectl");
         command
             .arg("--kubeconfig")
@@ -238,9 +275,9 @@ impl DevCluster {
             .args(args)
             .env_remove("KUBECONFIG")
             .env("HOME", self.home.path())
-            .env("KUBECACHEDIR", self.home.path().join(".kube/cache"));
-        let what = format!("kubectl {}", args.join(" "));
-        run(command, stdin.map(str::as_bytes), KUBECTL_LIMIT, &what).await
+            .env("KUBECACHEDIR", self.home.path().join(".kube/cache"))
+            .kill_on_drop(true);
+        command
     }
 
     /// kubectl as the cluster admin, which must succeed; returns stdout.
@@ -384,6 +421,25 @@ impl Drop for DevCluster {
             Err(e) => eprintln!("cannot run dev-cluster.sh stop: {e}"),
         }
     }
+}
+
+/// Why this machine cannot run a node, if it cannot (not root, or the node's Debian packages
+/// missing: `scripts/test.sh` installs them as root).
+pub fn node_unavailable() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root (containerd and kubelet need it)".into());
+    }
+    for command in ["containerd", "runc", "umoci", "iptables", "busybox"] {
+        if std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {command}")])
+            .output()
+            .map_or(true, |o| !o.status.success())
+        {
+            return Some(format!("no `{command}` (scripts/test.sh installs the node's packages as root)"));
+        }
+    }
+    None
 }
 
 /// Parses the `KEY=VALUE` lines `dev-cluster.sh` writes (values quoted with `printf %q`, which
