@@ -17,6 +17,7 @@
 //! - [`accept`]: the one accept loop of every TCP listener.
 //! - [`transport`]: a connection over QUIC or the TCP fallback, its streams, dialing and
 //!   listening, and plain words for refusals.
+//! - [`liveness`]: dead peers noticed from the traffic while requests wait on them.
 //! - [`metrics`]: the Prometheus text format.
 //! - [`bridge`]: HTTP messages to and from tunnel streams (headers, streaming bodies, pipes).
 //! - [`status`]: errors as Kubernetes `Status` JSON.
@@ -42,6 +43,7 @@ pub mod fd_limit;
 pub mod identity;
 pub mod kubeconfig;
 pub mod link;
+pub mod liveness;
 pub mod metrics;
 pub mod register;
 pub mod shutdown;

@@ -64,7 +64,7 @@ pub enum Command {
 #[derive(Args)]
 pub struct QuicArgs {
     /// A peer silent this long is considered dead (keep-alives go out at a third of it).
-    #[arg(long, env = "TETHER_IDLE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TETHER_IDLE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
     /// Congestion controller for what this side sends: bbr keeps its pace on links that lose
     /// packets; cubic and new-reno slow down at every loss.

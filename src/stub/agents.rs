@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
+use super::metrics::StubMetrics;
 use super::registry::AgentConnection;
 use super::state::StubState;
 use crate::identity::fingerprint::Fingerprint;
+use crate::liveness;
 use crate::transport::{Connection, RecvHalf, SendHalf};
 use crate::wire::codes::AppCode;
 use crate::wire::frame::{Control, Welcome};
@@ -57,6 +59,8 @@ pub async fn serve_agent(conn: Connection, fingerprint: Option<Fingerprint>, sta
         }
         let agent = Arc::new(AgentConnection::new(state.registry.next_id(), entry.cluster.clone(), entry.name.clone(), fingerprint, conn.clone()));
         state.registry.add(agent.clone());
+        let observer = SilenceLog { connection: agent.id, cluster: agent.cluster.clone(), metrics: state.metrics.clone() };
+        tokio::spawn(liveness::watch(agent.liveness.clone(), conn.clone(), observer).in_current_span());
         let welcome = Control::Welcome(Welcome { protocol_version: PROTOCOL_VERSION, connection_id: agent.id, build: crate::BUILD.into() });
         if let Err(e) = write_frame(&mut control_send, &welcome).await {
             tracing::debug!(error = %e, "agent went away before its welcome");
@@ -71,6 +75,28 @@ pub async fn serve_agent(conn: Connection, fingerprint: Option<Fingerprint>, sta
     }
     .instrument(span)
     .await
+}
+
+/// Says when an agent connection goes silent and when it is heard again.
+struct SilenceLog {
+    connection: u64,
+    cluster: String,
+    metrics: Arc<StubMetrics>,
+}
+
+impl liveness::Observer for SilenceLog {
+    fn suspect(&self, silent: Duration) {
+        tracing::warn!(
+            connection = self.connection,
+            ?silent,
+            "agent connection silent: routing around it, retrying the reads waiting on it elsewhere"
+        );
+        self.metrics.agents_suspected.inc(&[&self.cluster]);
+    }
+
+    fn heard_again(&self, silent: Duration) {
+        tracing::info!(connection = self.connection, ?silent, "agent connection heard again");
+    }
 }
 
 type ControlStream = (SendHalf, RecvHalf, Hello);

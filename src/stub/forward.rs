@@ -19,7 +19,7 @@ use tracing::Instrument;
 use super::admission::{self, Admitted, Caller, Refused};
 use super::audit::Pending;
 use super::limits::{Counted, LimitError};
-use super::registry::{InFlight, Pick};
+use super::registry::{AgentConnection, InFlight, Pick};
 use super::state::StubState;
 use super::unread::Unread;
 use crate::bridge::{self, Body, PumpError};
@@ -188,8 +188,13 @@ async fn send_to_agent(
     let Outbound { head, user, cluster, counted, body } = outbound;
     let unread = &state.unread;
     let mut failed_connection = None;
+    // A healthy connection already counted for the retry, when the first one went silent.
+    let mut retry_on: Option<InFlight> = None;
     loop {
-        let in_flight = pick(state, &cluster, failed_connection)?;
+        let in_flight = match retry_on.take() {
+            Some(in_flight) => in_flight,
+            None => pick(state, &cluster, failed_connection)?,
+        };
         let agent = in_flight.0.clone();
         audit.record.agent = Some(agent.name.clone());
         tracing::debug!(connection = agent.id, agent = %agent.name, "routing");
@@ -200,6 +205,7 @@ async fn send_to_agent(
             Ok(stream) => stream,
             Err(e) if replayable && failed_connection.is_none() => {
                 tracing::warn!(connection = agent.id, agent = %agent.name, error = %e, "stream failed before any response; retrying on another connection");
+                state.metrics.retries.inc(&[&cluster]);
                 failed_connection = Some(agent.id);
                 continue;
             }
@@ -208,21 +214,34 @@ async fn send_to_agent(
         match body {
             RequestBody::Replayable => {
                 send.finish();
-                match read_frame::<ResponseHead, _>(&mut recv).await {
-                    Ok(response_head) => {
+                let may_retry = failed_connection.is_none();
+                match head_or_elsewhere(state, &cluster, &agent, &mut recv, may_retry).await {
+                    Ok(Ok(response_head)) => {
                         tracing::debug!(status = response_head.status, "response head");
                         let body = unread.response_body(recv, (in_flight, counted), &user, agent);
                         return Ok(response_from(response_head, body));
                     }
-                    Err(e) if failed_connection.is_none() => {
+                    Ok(Err(e)) if may_retry => {
                         tracing::warn!(connection = agent.id, agent = %agent.name, error = %e, "stream failed before any response; retrying on another connection");
+                        state.metrics.retries.inc(&[&cluster]);
                         failed_connection = Some(agent.id);
                     }
-                    Err(e) => return Err(stream_error(e)),
+                    Ok(Err(e)) => return Err(stream_error(e)),
+                    Err(Elsewhere(other)) => {
+                        tracing::warn!(connection = agent.id, agent = %agent.name, to = other.0.id, "agent connection silent before any response; retrying on another connection");
+                        state.metrics.retries.inc(&[&cluster]);
+                        // The agent, if it is alive after all, abandons the upstream request.
+                        recv.stop(AppCode::Cancelled);
+                        failed_connection = Some(agent.id);
+                        retry_on = Some(other);
+                    }
                 }
             }
             RequestBody::Upgrade(on_upgrade) => {
                 let counted = (in_flight, counted);
+                // Not sent again, but counted as waiting, so that a silent agent is noticed and
+                // new requests go elsewhere.
+                let _waiting = agent.liveness.waiting();
                 return upgrade_response(on_upgrade, send, recv, counted, unread, &user).await.map_err(stream_error);
             }
             RequestBody::Streaming(request_body) => {
@@ -231,11 +250,49 @@ async fn send_to_agent(
                 let cancel = CancellationToken::new();
                 tokio::spawn(pump_request(request_body, send, cancel.clone()).in_current_span());
                 let cancel_on_drop = cancel.drop_guard();
+                let waiting = agent.liveness.waiting();
                 let response_head: ResponseHead = read_frame(&mut recv).await.map_err(stream_error)?;
+                drop(waiting);
                 tracing::debug!(status = response_head.status, "response head");
                 let body = unread.response_body(recv, (cancel_on_drop, in_flight, counted), &user, agent);
                 return Ok(response_from(response_head, body));
             }
+        }
+    }
+}
+
+/// A healthy connection to send a request to instead of a silent one.
+struct Elsewhere(InFlight);
+
+/// Waits for the response head on `recv`, counted as waiting on `agent`'s connection (so that
+/// its silence is noticed, see [`crate::liveness`]). If the connection goes silent first and
+/// `may_retry`, and another connection of the cluster is not silent, gives up on this one:
+/// `Err` with that connection, already counted.
+async fn head_or_elsewhere(
+    state: &StubState,
+    cluster: &str,
+    agent: &AgentConnection,
+    recv: &mut RecvHalf,
+    may_retry: bool,
+) -> Result<Result<ResponseHead, WireError>, Elsewhere> {
+    let _waiting = agent.liveness.waiting();
+    let read = read_frame::<ResponseHead, _>(recv);
+    tokio::pin!(read);
+    loop {
+        tokio::select! {
+            head = &mut read => return Ok(head),
+            _ = agent.liveness.suspected(), if may_retry => {}
+        }
+        let limit = state.limits.limits().per_connection;
+        if let Pick::Picked(other) = state.registry.pick(cluster, Some(agent.id), limit)
+            && !other.0.liveness.is_suspect()
+        {
+            return Err(Elsewhere(other));
+        }
+        // Nowhere better yet: keep waiting here, and look again shortly.
+        tokio::select! {
+            head = &mut read => return Ok(head),
+            _ = tokio::time::sleep(crate::liveness::TICK) => {}
         }
     }
 }

@@ -29,6 +29,11 @@ pub struct StubMetrics {
     pub quic_retries: CounterVec,
     /// reason: front-door connections refused or closed by the stub (limits, silent, idle)
     pub front_door_closed: CounterVec,
+    /// cluster: agent connections found silent while requests waited on them
+    pub agents_suspected: CounterVec,
+    /// cluster: requests sent again on another connection, their first one having failed or
+    /// gone silent before any response byte
+    pub retries: CounterVec,
 }
 
 /// The agent listener's handshake failures count as agent refusals, beside the verifier's.
@@ -55,6 +60,8 @@ impl Default for StubMetrics {
             audit_failures: CounterVec::new(&["reason"]),
             quic_retries: CounterVec::new(&[]),
             front_door_closed: CounterVec::new(&["reason"]),
+            agents_suspected: CounterVec::new(&["cluster"]),
+            retries: CounterVec::new(&["cluster"]),
         }
     }
 }
@@ -126,6 +133,17 @@ impl StubMetrics {
             "tether_whitelist_reloads_total",
             "Whitelist reloads, applied or refused (a file that does not parse, is not a regular file, is too \
              large, or would drop every agent).",
+        );
+        self.agents_suspected.render(
+            &mut text,
+            "tether_agent_connections_suspected_total",
+            "Agent connections found silent (no packet for a second or more) while requests waited on them; \
+             their waiting reads went to another connection.",
+        );
+        self.retries.render(
+            &mut text,
+            "tether_retries_total",
+            "Requests sent again on another connection before any response byte (stream failed, or peer silent).",
         );
         self.responses_dropped.render(
             &mut text,

@@ -1,5 +1,6 @@
 //! The live agent connections of every cluster, and the choice of one for a new request: the
-//! least busy connection that is not draining and not at its limit of requests in flight.
+//! least busy connection that is not draining and not at its limit of requests in flight, and
+//! not suspect of a dead peer (see [`crate::liveness`]) while another one is there.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -7,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::identity::fingerprint::Fingerprint;
+use crate::liveness::Liveness;
 use crate::transport::{CONNECTION_WINDOW, Connection, STREAM_WINDOW};
 
 /// One welcomed agent connection.
@@ -26,6 +28,8 @@ pub struct AgentConnection {
     draining: AtomicBool,
     /// Notified when `in_flight` drops to zero.
     idle: tokio::sync::Notify,
+    /// Requests waiting for an answer, and whether the agent has gone silent.
+    pub liveness: Arc<Liveness>,
 }
 
 impl AgentConnection {
@@ -47,6 +51,7 @@ impl AgentConnection {
             unread: Mutex::new(0),
             draining: AtomicBool::new(false),
             idle: tokio::sync::Notify::new(),
+            liveness: Arc::default(),
         }
     }
 
@@ -159,9 +164,12 @@ impl Registry {
         // Ties (often: all idle) go round-robin, so sequential requests spread over the replicas:
         // the scan starts one connection further each time. No allocation on this per-request
         // path.
+        // A suspect connection (silent peer) comes last: it is used only when nothing else is.
         let start = self.next_pick.fetch_add(1, Ordering::Relaxed) % agents.len().max(1);
         let rotated = agents[start..].iter().chain(&agents[..start]);
-        let Some(least) = rotated.filter(routable).min_by_key(|a| a.in_flight()) else { return Pick::None };
+        let Some(least) = rotated.filter(routable).min_by_key(|a| (a.liveness.is_suspect(), a.in_flight())) else {
+            return Pick::None;
+        };
         if limit != 0 && least.in_flight() >= limit {
             return Pick::Full { connections: agents.iter().filter(routable).count() };
         }

@@ -110,6 +110,36 @@ impl Connection {
         }
     }
 
+    /// A counter of what has arrived from the peer (QUIC: datagrams; TCP: answered keep-alive
+    /// pings): when it stops moving, the peer is silent (see [`crate::liveness`]).
+    pub fn heard(&self) -> u64 {
+        match self {
+            Connection::Quic(c) => c.stats().udp_rx.datagrams,
+            Connection::Tcp(c) => c.pongs(),
+        }
+    }
+
+    /// Asks the peer's transport for an answer now, without its application: a QUIC datagram
+    /// (acknowledged like any packet) or an HTTP/2 PING.
+    pub fn probe(&self) {
+        match self {
+            Connection::Quic(c) => {
+                // A peer that takes no datagrams still acknowledges the packet it came in.
+                let _ = c.send_datagram(Bytes::from_static(b"?"));
+            }
+            Connection::Tcp(c) => c.probe(),
+        }
+    }
+
+    /// The smoothed round-trip time (QUIC); zero over TCP, where probes are answered by the
+    /// peer's HTTP/2 stack as soon as they arrive and the floor of [`crate::liveness`] applies.
+    pub fn rtt(&self) -> std::time::Duration {
+        match self {
+            Connection::Quic(c) => c.rtt(),
+            Connection::Tcp(_) => std::time::Duration::ZERO,
+        }
+    }
+
     /// A new request stream (the listener's side: the listener opens request streams).
     pub async fn open_stream(&self) -> io::Result<(SendHalf, RecvHalf)> {
         match self {

@@ -25,7 +25,7 @@ pub struct Tuning {
 
 impl Default for Tuning {
     fn default() -> Self {
-        Tuning { idle_timeout: Duration::from_secs(10), max_request_streams: 16_384, congestion: Congestion::Bbr }
+        Tuning { idle_timeout: Duration::from_secs(5), max_request_streams: 16_384, congestion: Congestion::Bbr }
     }
 }
 
@@ -44,6 +44,9 @@ const SEND_WINDOW: u64 = 16 * 1024 * 1024;
 /// Kernel socket buffers we ask for; bursts of a fast sender land here before quinn reads them.
 const UDP_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 
+/// Bytes of datagrams (liveness probes) buffered each way.
+const PROBE_BUFFER: usize = 1024;
+
 /// Connection attempts the endpoint holds before the listener has answered them.
 const MAX_INCOMING: usize = 4096;
 
@@ -52,7 +55,7 @@ const DIALER_OPENED_STREAMS: u32 = 4;
 
 fn transport(tuning: &Tuning, peer_may_open_bidi: u32) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
-    let idle = IdleTimeout::try_from(tuning.idle_timeout).unwrap_or(IdleTimeout::from(VarInt::from_u32(10_000)));
+    let idle = IdleTimeout::try_from(tuning.idle_timeout).unwrap_or(IdleTimeout::from(VarInt::from_u32(5_000)));
     t.max_idle_timeout(Some(idle));
     t.keep_alive_interval(Some(tuning.idle_timeout / 3));
     t.max_concurrent_bidi_streams(VarInt::from_u32(peer_may_open_bidi));
@@ -60,6 +63,10 @@ fn transport(tuning: &Tuning, peer_may_open_bidi: u32) -> Arc<TransportConfig> {
     t.stream_receive_window(VarInt::from_u32(STREAM_WINDOW));
     t.receive_window(VarInt::from_u32(CONNECTION_WINDOW));
     t.send_window(SEND_WINDOW);
+    // Datagrams carry only liveness probes (see `crate::liveness`), which no application reads:
+    // a few are buffered and the oldest dropped, instead of quinn's default of a megabyte.
+    t.datagram_receive_buffer_size(Some(PROBE_BUFFER));
+    t.datagram_send_buffer_size(PROBE_BUFFER);
     match tuning.congestion {
         Congestion::Bbr => t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default())),
         Congestion::Cubic => t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default())),

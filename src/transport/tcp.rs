@@ -16,6 +16,7 @@ use std::future::Future as _;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -55,6 +56,10 @@ struct Inner {
     reason: Mutex<Option<String>>,
     /// The connection's receive window wanted now, for the task that drives the connection.
     window: tokio::sync::watch::Sender<u32>,
+    /// Keep-alive pings the peer answered.
+    pongs: AtomicU64,
+    /// Wakes the keep-alive task to ping now.
+    probe: tokio::sync::Notify,
 }
 
 /// One TCP connection: cheap to clone.
@@ -84,6 +89,8 @@ impl TcpConnection {
             close_code: Mutex::new(None),
             reason: Mutex::new(None),
             window: tokio::sync::watch::Sender::new(CONNECTION_WINDOW),
+            pongs: AtomicU64::new(0),
+            probe: tokio::sync::Notify::new(),
         }))
     }
 
@@ -233,6 +240,16 @@ impl TcpConnection {
         self.0.window.send_if_modified(|wanted| std::mem::replace(wanted, bytes) != bytes);
     }
 
+    /// Keep-alive pings the peer has answered so far.
+    pub fn pongs(&self) -> u64 {
+        self.0.pongs.load(Ordering::Relaxed)
+    }
+
+    /// Pings the peer now (unless a ping is out already).
+    pub fn probe(&self) {
+        self.0.probe.notify_one();
+    }
+
     pub fn close_reason(&self) -> Option<String> {
         self.0.reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -246,15 +263,19 @@ impl TcpConnection {
     }
 }
 
-/// Pings every third of `idle`; a peer that does not answer within `idle` is dead.
+/// Pings every third of `idle`, and at once when probed; a peer that does not answer within
+/// `idle` is dead.
 async fn keep_alive(conn: TcpConnection, mut ping: h2::PingPong, idle: Duration) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(idle / 3) => {}
+            _ = conn.0.probe.notified() => {}
             _ = conn.closed() => return,
         }
         match tokio::time::timeout(idle, ping.ping(h2::Ping::opaque())).await {
-            Ok(Ok(_pong)) => {}
+            Ok(Ok(_pong)) => {
+                conn.0.pongs.fetch_add(1, Ordering::Relaxed);
+            }
             Ok(Err(_)) => return,
             Err(_) => {
                 conn.end(format!("peer did not answer keep-alives for {idle:?} (timed out)"));

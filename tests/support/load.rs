@@ -19,6 +19,8 @@ pub struct Outcomes {
     pub progress: tokio::sync::Notify,
     pub stop: AtomicBool,
     pub errors: std::sync::Mutex<Vec<String>>,
+    /// The slowest request that succeeded, and which it was.
+    pub slowest: std::sync::Mutex<(std::time::Duration, String)>,
 }
 
 impl Outcomes {
@@ -33,6 +35,11 @@ impl Outcomes {
         let errors = self.errors.lock().unwrap().clone();
         assert!(errors.is_empty(), "{} failed requests: {errors:#?}", errors.len());
         assert_eq!(self.cut.load(Ordering::SeqCst), 0, "no response was cut off");
+    }
+
+    /// Forgets the slowest request so far (to measure from a fault on).
+    pub fn reset_slowest(&self) {
+        *self.slowest.lock().unwrap() = Default::default();
     }
 
     pub async fn wait_ok(&self, n: usize) {
@@ -70,6 +77,7 @@ pub fn start_load(
                         .uri(format!("{base}/{w}/{n}"))
                         .body(tether::bridge::full(if post { body.clone() } else { String::new() }))
                         .unwrap();
+                    let started = std::time::Instant::now();
                     let outcome = match client.request(request).await {
                         Err(e) => Err(format!("no response: {e:?}")),
                         Ok(response) if response.status() != 200 => {
@@ -83,6 +91,13 @@ pub fn start_load(
                             Err(_) => Ok(false),
                         },
                     };
+                    let took = started.elapsed();
+                    if outcome == Ok(true) {
+                        let mut slowest = outcomes.slowest.lock().unwrap();
+                        if took > slowest.0 {
+                            *slowest = (took, format!("{} /{w}/{n}", if post { "POST" } else { "GET" }));
+                        }
+                    }
                     match outcome {
                         Ok(true) => outcomes.ok.fetch_add(1, Ordering::SeqCst),
                         Ok(false) => outcomes.cut.fetch_add(1, Ordering::SeqCst),

@@ -257,6 +257,10 @@ async fn serve(seen: Arc<Seen>, mut req: Request<Incoming>) -> Result<Response<B
         }));
         response = response.header("content-length", total);
         stream_body(chunks)
+    } else if let Some(ms) = path.strip_prefix("/delay/") {
+        // A slow answer: nothing at all for `ms` milliseconds, then the head and a short body.
+        tokio::time::sleep(std::time::Duration::from_millis(ms.parse().unwrap())).await;
+        tether::bridge::full("late\n")
     } else if path == "/chunks" {
         let seen = seen.clone();
         let events = futures_util::stream::unfold(0, move |step| {
