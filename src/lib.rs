@@ -22,6 +22,7 @@
 //! - [`bridge`]: HTTP messages to and from tunnel streams (headers, streaming bodies, pipes).
 //! - [`status`]: errors as Kubernetes `Status` JSON.
 //! - [`admin`]: `/healthz`, `/readyz` and `/metrics` on the admin listener.
+//! - [`hub`]: the hub on many machines: members, Kubernetes Leases, the hub's manifest.
 //! - [`stub`]: the hub side (agent listener, registry, front door, admission, forwarding).
 //! - [`agent`]: the cluster side (dial loop, session, forwarding to the API server).
 //! - [`kubeconfig`]: the kubeconfig a user gets to reach a cluster through the stub.
@@ -40,6 +41,7 @@ pub mod cli;
 pub mod config;
 pub mod errors;
 pub mod fd_limit;
+pub mod hub;
 pub mod identity;
 pub mod kubeconfig;
 pub mod link;

@@ -5,7 +5,7 @@
 //! stub audits it padded), so those are refused wherever a token is minted or verified.
 
 /// A name that is not a DNS-1123 label.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[error(
     "{what} {name:?} is not valid: use 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit"
 )]

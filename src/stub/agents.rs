@@ -61,7 +61,7 @@ pub async fn serve_agent(conn: Connection, fingerprint: Option<Fingerprint>, sta
         state.registry.add(agent.clone());
         let observer = SilenceLog { connection: agent.id, cluster: agent.cluster.clone(), metrics: state.metrics.clone() };
         tokio::spawn(liveness::watch(agent.liveness.clone(), conn.clone(), observer).in_current_span());
-        let welcome = Control::Welcome(Welcome { protocol_version: PROTOCOL_VERSION, connection_id: agent.id, build: crate::BUILD.into() });
+        let welcome = Control::Welcome(Welcome { protocol_version: PROTOCOL_VERSION, connection_id: agent.id, build: crate::BUILD.into(), replica: String::new(), members: 1 });
         if let Err(e) = write_frame(&mut control_send, &welcome).await {
             tracing::debug!(error = %e, "agent went away before its welcome");
             state.registry.remove(&agent);

@@ -32,10 +32,14 @@ pub enum AppCode {
     Timeout = 9,
     /// An unexpected internal failure.
     Internal = 10,
+    /// The agent already holds a connection to this stub replica (it wants distinct ones).
+    Duplicate = 11,
+    /// A peer link from a replica that is not a member of the hub (or no longer is).
+    NotMember = 12,
 }
 
 impl AppCode {
-    const ALL: [AppCode; 11] = [
+    const ALL: [AppCode; 13] = [
         AppCode::Normal,
         AppCode::ProtocolViolation,
         AppCode::IdentityMismatch,
@@ -47,6 +51,8 @@ impl AppCode {
         AppCode::UpstreamFailed,
         AppCode::Timeout,
         AppCode::Internal,
+        AppCode::Duplicate,
+        AppCode::NotMember,
     ];
 
     /// The code as QUIC carries it.
@@ -84,6 +90,8 @@ impl AppCode {
             AppCode::UpstreamFailed => "upstream failed mid-response",
             AppCode::Timeout => "peer did not send its first frame in time",
             AppCode::Internal => "internal error",
+            AppCode::Duplicate => "already connected to this stub replica",
+            AppCode::NotMember => "not a member of the hub",
         }
     }
 }

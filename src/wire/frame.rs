@@ -27,6 +27,9 @@ pub enum Control {
     /// Stub -> agent: no new stream will be routed to this connection. Streams opened before
     /// this frame may still arrive and are served; after it the agent can count down to zero.
     DrainAck,
+    /// Stub -> agent: the hub now has this many replicas (sent when it changes), so the agent
+    /// knows how many distinct replicas it can be connected to.
+    Members { count: u32 },
 }
 
 /// The agent's introduction. The stub checks `cluster` against the certificate's whitelist entry.
@@ -46,6 +49,28 @@ pub struct Welcome {
     /// The stub's id for this connection, so both ends' logs name the same thing.
     pub connection_id: u64,
     pub build: String,
+    /// The id of the stub replica that welcomed the agent: an agent holds connections to
+    /// distinct replicas, and closes a second one to the same replica.
+    pub replica: String,
+    /// How many replicas the hub has now (1 for a stub that runs alone).
+    pub members: u32,
+}
+
+/// Messages on a peer link's control stream. A peer link is dialled by the replica that holds
+/// agent connections and carries requests *to* it, just as an agent connection does: the
+/// dialing replica speaks first and announces its clusters; the listening replica opens a
+/// request stream on the link for each request it forwards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerControl {
+    /// Dialer -> listener, first frame: who the dialer is. Its clusters follow in `Announce`
+    /// frames (a hub with thousands of clusters does not fit one frame).
+    Hello { protocol_version: u32, replica: String, build: String },
+    /// Listener -> dialer: accepted, and the listener's own id (so the dialer knows it reached
+    /// the member it meant to).
+    Welcome { protocol_version: u32, replica: String },
+    /// Dialer -> listener: clusters the dialer now holds agent connections for, and clusters it
+    /// no longer does.
+    Announce { added: Vec<String>, removed: Vec<String> },
 }
 
 /// One HTTP header. Values are bytes: HTTP allows non-UTF-8 (obs-text) values.
@@ -197,13 +222,25 @@ mod tests {
                 agent_name: n,
                 build: b
             })),
-            (any::<u32>(), any::<u64>(), ".{0,40}").prop_map(|(v, id, b)| Control::Welcome(Welcome {
-                protocol_version: v,
-                connection_id: id,
-                build: b
-            })),
+            (any::<u32>(), any::<u64>(), ".{0,40}", ".{0,40}", any::<u32>()).prop_map(|(v, id, b, r, m)| {
+                Control::Welcome(Welcome { protocol_version: v, connection_id: id, build: b, replica: r, members: m })
+            }),
             Just(Control::Drain),
             Just(Control::DrainAck),
+            any::<u32>().prop_map(|count| Control::Members { count }),
+        ]
+    }
+
+    fn peer_control() -> impl Strategy<Value = PeerControl> {
+        let names = || proptest::collection::vec("[a-z0-9-]{1,20}", 0..50);
+        prop_oneof![
+            (any::<u32>(), ".{0,40}", ".{0,40}").prop_map(|(v, r, b)| PeerControl::Hello {
+                protocol_version: v,
+                replica: r,
+                build: b
+            }),
+            (any::<u32>(), ".{0,40}").prop_map(|(v, r)| PeerControl::Welcome { protocol_version: v, replica: r }),
+            (names(), names()).prop_map(|(added, removed)| PeerControl::Announce { added, removed }),
         ]
     }
 
@@ -229,10 +266,17 @@ mod tests {
         }
 
         #[test]
+        fn peer_control_frames_round_trip(msg in peer_control()) {
+            let bytes = encode(&msg).unwrap();
+            prop_assert_eq!(decode::<PeerControl>(&bytes).unwrap().unwrap().0, msg);
+        }
+
+        #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
             let _ = decode::<RequestHead>(&bytes);
             let _ = decode::<ResponseHead>(&bytes);
             let _ = decode::<Control>(&bytes);
+            let _ = decode::<PeerControl>(&bytes);
             let _ = decode_payload::<RequestHead>(&bytes);
         }
 

@@ -1,0 +1,1 @@
+//! Membership from Kubernetes Leases (written next).

@@ -1,0 +1,1 @@
+//! `tether hub`: the hub's own manifest (written next).
