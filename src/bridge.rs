@@ -70,10 +70,15 @@ pub fn speaks_for_someone(name: &str) -> bool {
 
 /// Whether `name` (lowercase) says where a request came from. The API server records
 /// `X-Forwarded-For` first in its audit events' `sourceIPs`, so a caller must not choose it: the
-/// stub drops these and sets `X-Forwarded-For` to the address it saw.
+/// stub drops these and sets `X-Forwarded-For` to the address it saw. The hub's own
+/// [`FORWARDED_BY_HEADER`] is one of them: only a replica sets it, never a caller.
 pub fn says_where_from(name: &str) -> bool {
-    matches!(name, "x-forwarded-for" | "x-real-ip" | "forwarded")
+    matches!(name, "x-forwarded-for" | "x-real-ip" | "forwarded" | FORWARDED_BY_HEADER)
 }
+
+/// Names the stub replica that forwarded a request to the replica holding the agent
+/// connection (the hub on many machines), for the agent's log; the agent removes it.
+pub const FORWARDED_BY_HEADER: &str = "x-tether-forwarded-by";
 
 /// Whether a request or response switches protocols (HTTP/1.1 `Upgrade`, as kubectl exec,
 /// attach and port-forward do with SPDY/3.1 or WebSocket).

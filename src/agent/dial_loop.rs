@@ -1,48 +1,108 @@
-//! The agent's dial loop: dial the stub, serve the welcomed session, and when it is lost dial
-//! again with capped backoff. While a session serves, two things may take over from it make
-//! before break (a second connection is dialled and welcomed before the first drains): new
+//! The agent's dial loops, one per connection slot (`--connections K`): dial the stub, serve the
+//! welcomed session, and when it is lost dial again with capped backoff. The slots want K
+//! distinct stub replicas ([`Replicas`]): a connection welcomed by a replica another slot holds
+//! is closed and dialled again from a fresh UDP socket, and slots beyond the hub's member count
+//! wait until it grows. While a session serves, two things may take over from it make before
+//! break (a second connection is dialled and welcomed before the first drains): new
 //! certificate files ([`Handover`]), and QUIC again after the TCP fallback
-//! ([`TransportChoice`]). Readiness and the connection metrics follow the session in use.
+//! ([`TransportChoice`]). Readiness (any slot connected) and the connection metrics follow the
+//! sessions in use.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::backoff::Backoff;
 use super::certificate::AgentCertificate;
 use super::forward::Forwarder;
 use super::handover::Handover;
 use super::metrics::AgentMetrics;
+use super::replicas::{Claim, Replicas};
 use super::session::{self, Session, SessionEnd};
 use super::transport_choice::{QUIC_FAILURES_BEFORE_TCP, TransportChoice};
 use crate::admin::Readiness;
+use crate::backoff::Backoff;
 use crate::transport::Transport;
 use crate::transport::dial::Dialer;
+use crate::wire::codes::AppCode;
 
 /// A connection that lasted this long was healthy: the next failure starts backoff afresh.
 const HEALTHY_RUN: Duration = Duration::from_secs(10);
+/// Redials after landing on a replica another slot holds: quick at first (a load balancer
+/// usually sends the next socket elsewhere), slower if it keeps happening.
+const DUPLICATE_BACKOFF: (Duration, Duration) = (Duration::from_millis(20), Duration::from_secs(2));
 
-/// What the loop needs besides its state.
-pub struct DialLoop {
-    pub dialer: Dialer,
+/// What every slot shares.
+pub struct Slots {
     pub cluster: String,
     pub name: String,
     pub forwarder: Arc<Forwarder>,
     pub readiness: Readiness,
     pub metrics: Arc<AgentMetrics>,
+    /// How long a replaced connection may take to finish its requests.
+    pub grace: Duration,
+    pub cancel: CancellationToken,
+    replicas: Mutex<Replicas>,
+    /// The hub's member count as last heard: slots with nothing to hold wait on it.
+    members: watch::Sender<u32>,
+    /// Slots serving a session now.
+    serving: AtomicUsize,
+}
+
+impl Slots {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        k: usize,
+        cluster: String,
+        name: String,
+        forwarder: Arc<Forwarder>,
+        readiness: Readiness,
+        metrics: Arc<AgentMetrics>,
+        grace: Duration,
+        cancel: CancellationToken,
+    ) -> Arc<Slots> {
+        Arc::new(Slots {
+            cluster,
+            name,
+            forwarder,
+            readiness,
+            metrics,
+            grace,
+            cancel,
+            replicas: Mutex::new(Replicas::new(k)),
+            members: watch::Sender::new(1),
+            serving: AtomicUsize::new(0),
+        })
+    }
+
+    fn replicas(&self) -> std::sync::MutexGuard<'_, Replicas> {
+        self.replicas.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The hub has `count` replicas now (a welcome or a `Members` frame said so).
+    fn members_changed(&self, count: u32) {
+        if self.replicas().set_members(count) {
+            tracing::info!(members = count, "the hub's member count changed: the agent's connections follow");
+        }
+        self.members.send_replace(count);
+    }
+}
+
+/// One slot's dial loop.
+pub struct DialLoop {
+    pub slot: usize,
+    pub slots: Arc<Slots>,
+    pub dialer: Arc<Dialer>,
     /// New certificate files that load, from [`super::certificate::watch`].
     pub new_certificates: mpsc::Receiver<AgentCertificate>,
     pub backoff: Backoff,
     pub choice: TransportChoice,
-    /// How long a replaced connection may take to finish its requests.
-    pub grace: Duration,
-    pub cancel: CancellationToken,
 }
 
 /// A session being served on its own task.
@@ -56,17 +116,31 @@ impl DialLoop {
     /// Runs until `cancel`; then lets replaced connections finish within the grace period.
     pub async fn run(mut self, mut certificate: AgentCertificate) {
         let retiring = TaskTracker::new();
-        while !self.cancel.is_cancelled() {
+        let mut members = self.slots.members.subscribe();
+        let mut duplicates = Backoff::new(DUPLICATE_BACKOFF.0, DUPLICATE_BACKOFF.1);
+        let mut attempt = 0usize;
+        let cancel = self.slots.cancel.clone();
+        while !cancel.is_cancelled() {
+            if !self.slots.replicas().active(self.slot) {
+                // More slots than replicas: hold nothing until the hub grows.
+                tokio::select! {
+                    _ = members.changed() => {}
+                    Some(new) = self.new_certificates.recv() => certificate = new,
+                    _ = cancel.cancelled() => break,
+                }
+                continue;
+            }
             let transport = self.choice.next();
             let dialled = tokio::select! {
-                dialled = self.connect(&certificate, transport) => dialled,
-                _ = self.cancel.cancelled() => break,
+                dialled = self.connect(&certificate, transport, attempt) => dialled,
+                _ = cancel.cancelled() => break,
             };
-            let session = match dialled {
-                Ok(session) => session,
+            attempt += 1;
+            let (session, address) = match dialled {
+                Ok(dialled) => dialled,
                 Err(reason) => {
                     let delay = self.backoff.next_delay();
-                    tracing::warn!(retry_in = ?delay, fingerprint = %certificate.fingerprint, %transport, "cannot connect to stub: {reason}");
+                    tracing::warn!(retry_in = ?delay, fingerprint = %certificate.fingerprint, %transport, slot = self.slot, "cannot connect to stub: {reason}");
                     if self.choice.dial_failed() {
                         tracing::info!(
                             "QUIC failed {QUIC_FAILURES_BEFORE_TCP} times in a row; trying the TCP fallback"
@@ -76,32 +150,67 @@ impl DialLoop {
                         _ = tokio::time::sleep(delay) => {}
                         // New certificate files: try them at once.
                         Some(new) = self.new_certificates.recv() => certificate = new,
-                        _ = self.cancel.cancelled() => break,
+                        _ = cancel.cancelled() => break,
                     }
                     continue;
                 }
             };
+            let claim = self.slots.replicas().claim(self.slot, &session.replica, address, session.members);
+            self.slots.members_changed(session.members);
+            if claim != Claim::Keep {
+                let (code, reason) = match claim {
+                    Claim::Duplicate => (AppCode::Duplicate, "this agent holds a connection to this replica already"),
+                    _ => (AppCode::Normal, "this agent holds as many connections as the hub has replicas"),
+                };
+                tracing::debug!(slot = self.slot, replica = %session.replica, ?claim, "closing the new connection: {reason}");
+                session.connection().close(code, reason);
+                // A fresh socket, so that a load balancer may send the next dial elsewhere.
+                if let Err(e) = self.dialer.fresh_socket() {
+                    tracing::warn!(error = %e, "cannot open a fresh UDP socket; dialling from the same one");
+                }
+                if claim == Claim::Duplicate {
+                    tokio::select! {
+                        _ = tokio::time::sleep(duplicates.next_delay()) => {}
+                        _ = cancel.cancelled() => break,
+                    }
+                }
+                continue;
+            }
+            duplicates.reset();
             let started = Instant::now();
-            let Some(reason) = self.serve(session, &mut certificate, &retiring).await else { break };
+            let lost = self.serve(session, &mut certificate, &retiring).await;
+            self.slots.replicas().release(self.slot);
+            let Some(reason) = lost else { break };
             if started.elapsed() >= HEALTHY_RUN {
                 self.backoff.reset();
             }
             self.choice.lost();
+            // The next connection from a fresh socket: the old path may lead nowhere now.
+            let _ = self.dialer.fresh_socket();
             let delay = self.backoff.next_delay();
-            tracing::warn!(retry_in = ?delay, "disconnected from stub: {reason}");
+            tracing::warn!(retry_in = ?delay, slot = self.slot, "disconnected from stub: {reason}");
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = self.cancel.cancelled() => break,
+                _ = cancel.cancelled() => break,
             }
         }
-        self.readiness.set(false);
         retiring.close();
-        let _ = tokio::time::timeout(self.grace, retiring.wait()).await;
+        let _ = tokio::time::timeout(self.slots.grace, retiring.wait()).await;
     }
 
-    async fn connect(&self, certificate: &AgentCertificate, transport: Transport) -> Result<Session, String> {
-        let conn = self.dialer.dial(&certificate.tls, transport).await?;
-        session::establish(conn, &self.cluster, &self.name).await
+    /// Dials (an address no other slot's connection goes to, if the name has several) and
+    /// waits for the welcome.
+    async fn connect(
+        &self,
+        certificate: &AgentCertificate,
+        transport: Transport,
+        attempt: usize,
+    ) -> Result<(Session, SocketAddr), String> {
+        let addresses = self.dialer.resolve().await?;
+        let address = self.slots.replicas().prefer(self.slot, &addresses, attempt).unwrap_or(addresses[0]);
+        let conn = self.dialer.dial_to(address, &certificate.tls, transport).await?;
+        let session = session::establish(conn, &self.slots.cluster, &self.slots.name).await?;
+        Ok((session, address))
     }
 
     /// Serves `session` and whatever takes over from it, until the connection in use is lost
@@ -113,6 +222,7 @@ impl DialLoop {
         certificate: &mut AgentCertificate,
         retiring: &TaskTracker,
     ) -> Option<String> {
+        let cancel = self.slots.cancel.clone();
         let mut serving = self.start(session, certificate);
         let mut handover = Handover::default();
         let lost = loop {
@@ -125,7 +235,7 @@ impl DialLoop {
                     Ok(SessionEnd::Stopped) => "the session stopped".to_owned(),
                     Err(e) => format!("the session failed: {e}"),
                 }),
-                _ = self.cancel.cancelled() => {
+                _ = cancel.cancelled() => {
                     serving.stop.cancel();
                     let _ = (&mut serving.task).await;
                     break None;
@@ -142,11 +252,11 @@ impl DialLoop {
                 None => continue,
             };
             let dialled = tokio::select! {
-                dialled = self.connect(&candidate, transport) => dialled,
-                _ = self.cancel.cancelled() => continue,
+                dialled = self.connect(&candidate, transport, 0) => dialled,
+                _ = cancel.cancelled() => continue,
             };
             match dialled {
-                Ok(next) => {
+                Ok((next, address)) => {
                     if probe {
                         tracing::info!(
                             connection = next.connection_id,
@@ -155,9 +265,13 @@ impl DialLoop {
                     } else {
                         tracing::info!(connection = next.connection_id, from = %certificate.fingerprint, to = %candidate.fingerprint, "certificate rotated: new connection welcomed; draining the old one");
                     }
+                    // The new connection may have landed on another replica: it is this slot's now.
+                    self.slots.replicas().release(self.slot);
+                    self.slots.replicas().claim(self.slot, &next.replica, address, next.members);
                     *certificate = candidate;
                     let old = std::mem::replace(&mut serving, self.start(next, certificate));
                     old.stop.cancel();
+                    self.stopped_one();
                     retiring.spawn(old.task);
                 }
                 Err(reason) if probe => {
@@ -170,8 +284,8 @@ impl DialLoop {
                 }
             }
         };
-        self.readiness.set(false);
-        self.metrics.set_connection(None);
+        self.stopped_one();
+        self.slots.metrics.set_connection(self.slot, None);
         // The files on disk win for the next connection, accepted before or not.
         if let Some(newest) = handover.settle() {
             *certificate = newest;
@@ -179,23 +293,37 @@ impl DialLoop {
         lost
     }
 
-    /// Starts serving a welcomed session on its own task, in a span of its own, and makes it
-    /// the one readiness and metrics report.
+    /// Starts serving a welcomed session on its own task, in a span of its own, and counts it
+    /// in readiness and metrics.
     fn start(&mut self, session: Session, certificate: &AgentCertificate) -> Serving {
         let transport = session.transport();
         self.choice.connected(transport, tokio::time::Instant::now());
         // Ready before the log line says so: whoever reads the line may probe at once.
-        self.readiness.set(true);
-        self.metrics.set_connection(Some(session.connection().clone()));
-        self.metrics.connections.fetch_add(1, Ordering::Relaxed);
-        let span = tracing::info_span!("connection", id = session.connection_id, %transport);
+        self.slots.serving.fetch_add(1, Ordering::SeqCst);
+        self.slots.readiness.set(true);
+        self.slots.metrics.set_connection(self.slot, Some((session.replica.clone(), session.connection().clone())));
+        self.slots.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        let span =
+            tracing::info_span!("connection", id = session.connection_id, %transport, replica = %session.replica);
         span.in_scope(
-            || tracing::info!(stub = self.dialer.target(), fingerprint = %certificate.fingerprint, "connected to stub"),
+            || tracing::info!(stub = self.dialer.target(), fingerprint = %certificate.fingerprint, slot = self.slot, "connected to stub"),
         );
         let stop = CancellationToken::new();
-        let task =
-            tokio::spawn(session::serve(session, self.forwarder.clone(), stop.clone(), self.grace).instrument(span));
+        let slots = self.slots.clone();
+        let task = tokio::spawn(
+            session::serve(session, self.slots.forwarder.clone(), stop.clone(), self.slots.grace, move |count| {
+                slots.members_changed(count)
+            })
+            .instrument(span),
+        );
         Serving { task, stop, transport }
+    }
+
+    /// A session of this slot stopped serving (lost, or replaced): not ready once none serves.
+    fn stopped_one(&self) {
+        if self.slots.serving.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.slots.readiness.set(false);
+        }
     }
 }
 

@@ -46,7 +46,7 @@ pub async fn serve_stream(
     watches_end: CancellationToken,
 ) {
     let _in_flight = super::metrics::InFlight::new(forwarder.metrics.clone());
-    let head: RequestHead = match read_frame_within(&mut recv, HEAD_TIMEOUT).await {
+    let mut head: RequestHead = match read_frame_within(&mut recv, HEAD_TIMEOUT).await {
         Ok(head) => head,
         Err(e) => {
             tracing::debug!(error = %e, "request stream without a valid head");
@@ -55,9 +55,20 @@ pub async fn serve_stream(
             return;
         }
     };
+    // The stub replica that forwarded this request to the one we are connected to (the hub
+    // on many machines), for this log only: the API server never sees it.
+    let forwarded_by = head
+        .headers
+        .iter()
+        .position(|h| h.name == bridge::FORWARDED_BY_HEADER)
+        .map(|i| String::from_utf8_lossy(&head.headers.remove(i).value).into_owned());
     let span = tracing::info_span!(
-        "request", id = %head.request_id, method = %head.method, path = %head.path_and_query, user = tracing::field::Empty
+        "request", id = %head.request_id, method = %head.method, path = %head.path_and_query, user = tracing::field::Empty,
+        forwarded_by = tracing::field::Empty
     );
+    if let Some(replica) = &forwarded_by {
+        span.record("forwarded_by", tracing::field::display(replica));
+    }
     async move {
         let claims = match authenticate(&forwarder, &head) {
             Ok(claims) => claims,

@@ -1,7 +1,9 @@
 //! The agent's metrics, served at `/metrics` on its admin listener: whether it is connected (and
-//! over which transport), requests by status code, the API server's time to answer, requests in
-//! flight, connections made, and its QUIC connection's path as quinn measures it.
+//! to which stub replicas, over which transport), requests by status code, the API server's time
+//! to answer, requests in flight, connections made, and each QUIC connection's path as quinn
+//! measures it.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
@@ -16,8 +18,9 @@ pub struct AgentMetrics {
     pub upstream: HistogramVec,
     pub in_flight: AtomicI64,
     pub connections: AtomicU64,
-    /// The connection in use (the newest, while an old one drains).
-    pub connection: Mutex<Option<Connection>>,
+    /// Per slot, the connection in use (the newest, while an old one drains) and the stub
+    /// replica it goes to.
+    pub connections_in_use: Mutex<BTreeMap<usize, (String, Connection)>>,
 }
 
 impl Default for AgentMetrics {
@@ -27,7 +30,7 @@ impl Default for AgentMetrics {
             upstream: HistogramVec::new(&[], DURATION_BUCKETS),
             in_flight: AtomicI64::new(0),
             connections: AtomicU64::new(0),
-            connection: Mutex::new(None),
+            connections_in_use: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -49,17 +52,31 @@ impl Drop for InFlight {
 }
 
 impl AgentMetrics {
-    /// The connection in use now (`None` while disconnected).
-    pub fn set_connection(&self, connection: Option<Connection>) {
-        *self.connection.lock().unwrap_or_else(|e| e.into_inner()) = connection;
+    /// The connection slot `slot` uses now, and its replica (`None` while disconnected).
+    pub fn set_connection(&self, slot: usize, connection: Option<(String, Connection)>) {
+        let mut in_use = self.connections_in_use.lock().unwrap_or_else(|e| e.into_inner());
+        match connection {
+            Some(connection) => in_use.insert(slot, connection),
+            None => in_use.remove(&slot),
+        };
     }
 
     pub fn render(&self, ready: bool) -> String {
         let mut text = Text::default();
-        let connection = self.connection.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        text.family("tether_agent_connected", "gauge", "1 while connected to the stub and welcomed, by transport.");
-        let transport = connection.as_ref().map(|c| c.transport().to_string()).unwrap_or_else(|| "none".into());
+        let in_use: Vec<(String, Connection)> =
+            self.connections_in_use.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        text.family(
+            "tether_agent_connected",
+            "gauge",
+            "1 while connected to the stub and welcomed (any replica), by the transport of the first connection.",
+        );
+        let transport = in_use.first().map(|(_, c)| c.transport().to_string()).unwrap_or_else(|| "none".into());
         text.sample("tether_agent_connected", &[("transport", &transport)], if ready { 1.0 } else { 0.0 });
+        text.family("tether_agent_stub_connections", "gauge", "Connections in use, by stub replica and transport.");
+        for (replica, connection) in &in_use {
+            let transport = connection.transport().to_string();
+            text.sample("tether_agent_stub_connections", &[("replica", replica), ("transport", &transport)], 1.0);
+        }
         text.family("tether_agent_connections_total", "counter", "Connections to the stub welcomed since start.");
         text.sample("tether_agent_connections_total", &[], self.connections.load(Ordering::Relaxed) as f64);
         text.family("tether_agent_streams_in_flight", "gauge", "Request streams being served.");
@@ -70,8 +87,11 @@ impl AgentMetrics {
             "tether_agent_upstream_seconds",
             "From sending a request to the API server to its response head.",
         );
-        let path = connection.as_ref().and_then(Connection::path_stats);
-        metrics::render_paths(&mut text, &path.map(|stats| (Vec::new(), stats)).into_iter().collect::<Vec<_>>());
+        let paths: Vec<_> = in_use
+            .iter()
+            .filter_map(|(replica, c)| Some((vec![("replica", replica.as_str())], c.path_stats()?)))
+            .collect();
+        metrics::render_paths(&mut text, &paths);
         text.into_string()
     }
 }

@@ -1,11 +1,14 @@
 //! One connection to the stub: say hello on the control stream and wait for the welcome
 //! ([`establish`]), then serve every stream the stub opens on its own task until the connection
 //! ends or the agent asks it to stop ([`serve`]; then: `Drain`, let in-flight streams finish
-//! within the grace period, close). Two sessions overlap while a new certificate takes over.
+//! within the grace period, close). Meanwhile the stub may say how many replicas the hub has
+//! (`Members`), which the agent's slots follow. Two sessions overlap while a new certificate
+//! takes over.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -15,7 +18,7 @@ use crate::transport::{Connection, RecvHalf, SendHalf, Transport};
 use crate::wire::PROTOCOL_VERSION;
 use crate::wire::codes::AppCode;
 use crate::wire::frame::{Control, Hello};
-use crate::wire::io::{read_frame, read_frame_within, write_frame};
+use crate::wire::io::{WireError, read_frame_within, read_frames, write_frame};
 
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -26,6 +29,10 @@ pub struct Session {
     control_recv: RecvHalf,
     /// The stub's id for the connection (both ends log it).
     pub connection_id: u64,
+    /// The stub replica that welcomed us.
+    pub replica: String,
+    /// How many replicas the hub had at the welcome.
+    pub members: u32,
 }
 
 impl Session {
@@ -60,7 +67,14 @@ pub async fn establish(conn: Connection, cluster: &str, name: &str) -> Result<Se
     // In TLS 1.3 the handshake completes on our side before the stub has judged our
     // certificate, so only the welcome proves we are in.
     match read_frame_within(&mut control_recv, WELCOME_TIMEOUT).await {
-        Ok(Control::Welcome(w)) => Ok(Session { conn, control, control_recv, connection_id: w.connection_id }),
+        Ok(Control::Welcome(w)) => Ok(Session {
+            conn,
+            control,
+            control_recv,
+            connection_id: w.connection_id,
+            replica: w.replica,
+            members: w.members,
+        }),
         Ok(other) => {
             conn.close(AppCode::ProtocolViolation, "expected welcome");
             Err(format!("stub sent {other:?} instead of a welcome"))
@@ -70,18 +84,36 @@ pub async fn establish(conn: Connection, cluster: &str, name: &str) -> Result<Se
 }
 
 /// Serves the stub's streams until the connection ends or `stop` is cancelled (then drains).
+/// `on_members` is told the hub's member count whenever the stub says it changed.
 pub async fn serve(
-    mut session: Session,
+    session: Session,
     forwarder: Arc<Forwarder>,
     stop: CancellationToken,
     grace: Duration,
+    on_members: impl Fn(u32) + Send,
 ) -> SessionEnd {
+    let Session { conn, mut control, control_recv, connection_id, .. } = session;
+    let mut frames = read_frames::<Control, _>(control_recv);
+    let mut control_open = true;
     let streams = TaskTracker::new();
     // Cancelled when a drain has been acknowledged: open watches then end (see `drain`).
     let watches_end = CancellationToken::new();
     loop {
         let accepted = tokio::select! {
-            accepted = session.conn.accept_stream() => accepted,
+            accepted = conn.accept_stream() => accepted,
+            frame = frames.recv(), if control_open => {
+                match frame {
+                    Some(Ok(Control::Members { count })) => {
+                        tracing::debug!(count, "the hub's member count changed");
+                        on_members(count);
+                    }
+                    Some(Ok(other)) => tracing::debug!(frame = ?other, "unexpected control frame; ignored"),
+                    // The stub keeps its control stream open while it serves; the connection's
+                    // end is reported by `accept_stream`.
+                    Some(Err(_)) | None => control_open = false,
+                }
+                continue;
+            }
             _ = stop.cancelled() => break,
         };
         match accepted {
@@ -91,8 +123,18 @@ pub async fn serve(
             Err(reason) => return SessionEnd::Lost { reason },
         }
     }
-    drain(&mut session, &forwarder, &streams, &watches_end, grace).await;
+    let control = ControlStream { conn: &conn, send: &mut control, frames: &mut frames, connection_id };
+    drain(control, &forwarder, &streams, &watches_end, grace).await;
     SessionEnd::Stopped
+}
+
+/// A served connection's control stream, as the drain uses it.
+struct ControlStream<'a> {
+    conn: &'a Connection,
+    send: &'a mut SendHalf,
+    /// What the stub sends on it, read on a task of its own ([`read_frames`]).
+    frames: &'a mut mpsc::Receiver<Result<Control, WireError>>,
+    connection_id: u64,
 }
 
 /// Graceful end: ask the stub to route nothing new here, keep serving whatever it opened
@@ -101,34 +143,36 @@ pub async fn serve(
 /// never finish by themselves, so once the stub routes nothing new here they are ended cleanly,
 /// as an API server ends a watch: their clients watch again, through another agent.
 async fn drain(
-    session: &mut Session,
+    control: ControlStream<'_>,
     forwarder: &Arc<Forwarder>,
     streams: &TaskTracker,
     watches_end: &CancellationToken,
     grace: Duration,
 ) {
-    let Session { conn, control, control_recv, connection_id } = session;
+    let ControlStream { conn, send: control, frames, connection_id } = control;
     tracing::info!(
-        connection = *connection_id,
+        connection = connection_id,
         ?grace,
         in_flight = streams.len(),
         "draining: asking the stub to route nothing new here"
     );
     let deadline = tokio::time::Instant::now() + grace;
     let mut acked = write_frame(control, &Control::Drain).await.is_err();
-    let mut ack = std::pin::pin!(read_frame::<Control, _>(control_recv));
     // Streams keep being accepted to the end: one the stub routed just before it heard the
     // drain may still arrive, and is served like any other.
     loop {
         tokio::select! {
-            frame = &mut ack, if !acked => {
-                if !matches!(frame, Ok(Control::DrainAck)) {
-                    tracing::debug!(?frame, "no drain acknowledgement; finishing what is in flight");
+            frame = frames.recv(), if !acked => {
+                match frame {
+                    Some(Ok(Control::DrainAck)) => {}
+                    // The member count may still change while we wait; not an answer.
+                    Some(Ok(Control::Members { .. })) => continue,
+                    other => tracing::debug!(frame = ?other, "no drain acknowledgement; finishing what is in flight"),
                 }
                 acked = true;
                 streams.close();
                 watches_end.cancel();
-                tracing::info!(connection = *connection_id, in_flight = streams.len(), "drained: no new requests; finishing in-flight ones, ending watches");
+                tracing::info!(connection = connection_id, in_flight = streams.len(), "drained: no new requests; finishing in-flight ones, ending watches");
             }
             accepted = conn.accept_stream() => match accepted {
                 Ok((send, recv)) => {

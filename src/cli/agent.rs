@@ -85,6 +85,10 @@ pub struct AgentArgs {
     /// With --transport auto, while on TCP: how often to try QUIC again.
     #[arg(long, env = "TETHER_QUIC_RETRY", default_value = "30s", value_parser = humantime::parse_duration)]
     quic_retry: Duration,
+    /// Connections to keep, each to a distinct stub replica (at most as many as the hub has):
+    /// losing one replica then costs at most one of them.
+    #[arg(long, env = "TETHER_CONNECTIONS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
+    connections: u16,
     #[command(flatten)]
     quic: QuicArgs,
 }
@@ -116,6 +120,7 @@ impl AgentArgs {
             admin_listen: self.admin_listen,
             transport: self.transport,
             quic_retry: self.quic_retry,
+            connections: usize::from(self.connections),
         })
     }
 

@@ -44,7 +44,7 @@ pub enum Command {
     #[command(subcommand)]
     Certs(certs::CertsCommand),
     /// Run the hub side: QUIC listener for agents and HTTPS front door for users.
-    Stub(stub::StubArgs),
+    Stub(Box<stub::StubArgs>),
     /// Run the cluster side: dial the stub and forward its requests to the API server.
     Agent(Box<agent::AgentArgs>),
     /// Print a token for a user or service (signed with the issuer key).

@@ -8,10 +8,12 @@ use anyhow::Context;
 use clap::Args;
 
 use super::QuicArgs;
+use crate::hub::members::MembersSpec;
 use crate::identity::files::CertDir;
 use crate::stub::audit::AuditTarget;
 use crate::stub::connections::ConnectionLimits;
 use crate::stub::limits::Limits;
+use crate::stub::replica::ReplicaConfig;
 use crate::stub::unread::UnreadLimits;
 use crate::stub::{Stub, StubConfig};
 
@@ -82,6 +84,27 @@ pub struct StubArgs {
     /// Reload the whitelist only on SIGHUP, not also when the file changes.
     #[arg(long, env = "TETHER_NO_WATCH_WHITELIST")]
     no_watch_whitelist: bool,
+    /// This replica's id among the hub's replicas (default: the host name). Agents hold
+    /// connections to distinct ids.
+    #[arg(long, env = "TETHER_ID")]
+    id: Option<String>,
+    /// Who the hub's replicas are: `static:ID=HOST:PORT,...` (the same list on every replica,
+    /// with each one's peer address) or `kubernetes:NAMESPACE` (a Lease per replica in that
+    /// namespace of the hub's Kubernetes). Without it, this stub runs alone.
+    #[arg(long, env = "TETHER_MEMBERS")]
+    members: Option<MembersSpec>,
+    /// Where the other replicas link to this one (QUIC, and TCP on the same port); needed with
+    /// --members.
+    #[arg(long, env = "TETHER_PEER_LISTEN")]
+    peer_listen: Option<SocketAddr>,
+    /// The address the other replicas dial for this one, HOST:PORT (default: --peer-listen when it
+    /// names one address; in a pod, $(POD_IP):PORT).
+    #[arg(long, env = "TETHER_PEER_ADVERTISE")]
+    peer_advertise: Option<String>,
+    /// Kubeconfig of the hub's own API server, for --members kubernetes:NAMESPACE (default:
+    /// in-cluster, or the usual kubeconfig).
+    #[arg(long, env = "TETHER_HUB_KUBECONFIG")]
+    hub_kubeconfig: Option<PathBuf>,
     #[command(flatten)]
     quic: QuicArgs,
 }
@@ -112,6 +135,13 @@ impl StubArgs {
                 per_cluster: self.max_requests_per_cluster,
                 per_connection: self.max_requests_per_agent,
             },
+            replica: ReplicaConfig {
+                id: self.id,
+                members: self.members,
+                peer_listen: self.peer_listen,
+                peer_advertise: self.peer_advertise,
+                hub_kubeconfig: self.hub_kubeconfig,
+            },
             certs: dir,
             quic_listen: self.quic_listen,
             https_listen: self.https_listen,
@@ -123,7 +153,14 @@ impl StubArgs {
     /// Binds, says where, and serves until SIGINT or SIGTERM.
     pub async fn run(self) -> anyhow::Result<()> {
         let stub = Stub::bind(self.config()).await.context("starting the stub")?;
-        tracing::info!(quic = %stub.quic_addr()?, https = %stub.https_addr()?, "stub listening");
+        match stub.peer_addr() {
+            Some(peer) => {
+                tracing::info!(quic = %stub.quic_addr()?, https = %stub.https_addr()?, peer = %peer?, replica = stub.replica_id(), "stub listening")
+            }
+            None => {
+                tracing::info!(quic = %stub.quic_addr()?, https = %stub.https_addr()?, replica = stub.replica_id(), "stub listening")
+            }
+        }
         if let Some(admin) = stub.admin_addr() {
             tracing::info!(admin = %admin?, "admin listening (/healthz, /readyz, /metrics)");
         }

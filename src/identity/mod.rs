@@ -7,6 +7,7 @@
 //! - [`files`]: where a certificate directory keeps what, and safe (atomic, no-clobber) writes.
 //! - [`certs`]: minting the CA, stub and agent certificates and the issuer key pair (rcgen).
 //! - [`verifier`]: the rustls client-certificate verifier that checks chain *and* whitelist.
+//! - [`peer`]: who may be a peer replica of the hub (a stub certificate of the CA), both ways.
 //! - [`tls`]: rustls configurations for the agent listener (QUIC and TCP), the agent and the
 //!   front door.
 //! - [`token`]: user and service tokens (JWT, EdDSA): minting and verification.
@@ -18,6 +19,7 @@ pub mod certs;
 pub mod files;
 pub mod fingerprint;
 pub mod names;
+pub mod peer;
 pub mod tls;
 pub mod token;
 pub mod verifier;

@@ -9,15 +9,16 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
+use super::hop::{Hop, HopTo};
 use super::metrics::StubMetrics;
-use super::registry::AgentConnection;
 use super::state::StubState;
+use crate::hub::members::Members;
 use crate::identity::fingerprint::Fingerprint;
 use crate::liveness;
 use crate::transport::{Connection, RecvHalf, SendHalf};
 use crate::wire::codes::AppCode;
 use crate::wire::frame::{Control, Welcome};
-use crate::wire::io::{WireError, read_frame, read_frame_within, write_frame};
+use crate::wire::io::{WireError, read_frame_within, read_frames, write_frame};
 use crate::wire::{PROTOCOL_VERSION, frame::Hello};
 
 /// How long an agent may take to open its control stream and say hello.
@@ -45,7 +46,7 @@ pub async fn serve_agent(conn: Connection, fingerprint: Option<Fingerprint>, sta
                 return conn.close(code, &reason);
             }
         };
-        let (mut control_send, mut control_recv, hello) = hello;
+        let (mut control_send, control_recv, hello) = hello;
         if hello.cluster != entry.cluster {
             let reason = format!(
                 "certificate {fingerprint} is registered for cluster {:?}, but the agent claims cluster {:?}",
@@ -57,18 +58,25 @@ pub async fn serve_agent(conn: Connection, fingerprint: Option<Fingerprint>, sta
         if hello.agent_name != entry.name {
             tracing::info!(claimed = %hello.agent_name, "agent name differs from its whitelist entry; using the entry's");
         }
-        let agent = Arc::new(AgentConnection::new(state.registry.next_id(), entry.cluster.clone(), entry.name.clone(), fingerprint, conn.clone()));
+        let to = HopTo::Agent { cluster: entry.cluster.clone(), name: entry.name.clone(), fingerprint };
+        let agent = Arc::new(Hop::new(state.registry.next_id(), to, conn.clone()));
         state.registry.add(agent.clone());
-        let observer = SilenceLog { connection: agent.id, cluster: agent.cluster.clone(), metrics: state.metrics.clone() };
+        let observer = SilenceLog { connection: agent.id, cluster: entry.cluster.clone(), metrics: state.metrics.clone() };
         tokio::spawn(liveness::watch(agent.liveness.clone(), conn.clone(), observer).in_current_span());
-        let welcome = Control::Welcome(Welcome { protocol_version: PROTOCOL_VERSION, connection_id: agent.id, build: crate::BUILD.into(), replica: String::new(), members: 1 });
+        let welcome = Control::Welcome(Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            connection_id: agent.id,
+            build: crate::BUILD.into(),
+            replica: state.hub.replica.clone(),
+            members: state.hub.member_count(),
+        });
         if let Err(e) = write_frame(&mut control_send, &welcome).await {
             tracing::debug!(error = %e, "agent went away before its welcome");
             state.registry.remove(&agent);
             return;
         }
         tracing::info!(connection = agent.id, build = %hello.build, "agent connected");
-        watch_control(&conn, &agent, &mut control_send, &mut control_recv).await;
+        watch_control(&conn, &agent, &mut control_send, control_recv, state.hub.members.clone()).await;
         state.registry.remove(&agent);
         let reason = conn.close_reason().unwrap_or_default();
         tracing::info!(connection = agent.id, %reason, "agent disconnected");
@@ -121,16 +129,36 @@ async fn read_hello(conn: &Connection) -> Result<ControlStream, (AppCode, String
     Ok((send, recv, hello))
 }
 
-/// Follows the control stream until the connection ends.
+/// Follows the control stream until the connection ends, and tells the agent when the hub's
+/// member count changes (it holds connections to as many distinct replicas as it can).
 async fn watch_control(
     conn: &Connection,
-    agent: &AgentConnection,
+    agent: &Hop,
     control_send: &mut SendHalf,
-    control: &mut RecvHalf,
+    control: RecvHalf,
+    mut members: tokio::sync::watch::Receiver<Members>,
 ) {
+    let mut frames = read_frames::<Control, _>(control);
+    let mut count = members.borrow_and_update().len();
+    let mut members_change = true;
     loop {
         let frame = tokio::select! {
-            frame = read_frame::<Control, _>(control) => frame,
+            frame = frames.recv() => frame.unwrap_or(Err(WireError::Closed)),
+            changed = members.changed(), if members_change => {
+                if changed.is_err() {
+                    members_change = false;
+                    continue;
+                }
+                let now = members.borrow_and_update().len();
+                if now != count {
+                    count = now;
+                    let update = Control::Members { count: count.max(1) as u32 };
+                    if let Err(e) = write_frame(control_send, &update).await {
+                        tracing::debug!(error = %e, "could not tell the agent the member count");
+                    }
+                }
+                continue;
+            }
             _ = conn.closed() => return,
         };
         match frame {

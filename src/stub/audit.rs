@@ -44,6 +44,13 @@ pub struct Record {
     pub groups: Vec<String>,
     pub cluster: Option<String>,
     pub agent: Option<String>,
+    /// The replica of the hub this request was forwarded to (it held the cluster's agent
+    /// connection; this one did not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// The replica of the hub that forwarded this request here (from its front door).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forwarded_by: Option<String>,
     pub verb: String,
     pub path: String,
     pub status: u16,

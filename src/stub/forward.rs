@@ -18,15 +18,15 @@ use tracing::Instrument;
 
 use super::admission::{self, Admitted, Caller, Refused};
 use super::audit::Pending;
+use super::hop::{Hop, InFlight, Pick};
 use super::limits::{Counted, LimitError};
-use super::registry::{AgentConnection, InFlight, Pick};
 use super::state::StubState;
 use super::unread::Unread;
 use crate::bridge::{self, Body, PumpError};
 use crate::status;
-use crate::transport::{Connection, RecvHalf, SendHalf};
+use crate::transport::{RecvHalf, SendHalf};
 use crate::wire::codes::AppCode;
-use crate::wire::frame::{Header, RequestHead, ResponseHead};
+use crate::wire::frame::{Header, PeerRequest, RequestHead, ResponseHead};
 use crate::wire::io::{WireError, read_frame, write_frame};
 
 /// Response header carrying the request id, so one request can be followed in both ends' logs.
@@ -74,9 +74,9 @@ fn new_request_id() -> String {
 }
 
 /// The Kubernetes-style verb, for the audit log: a GET with `watch=true` is a watch.
-fn verb(req: &Request<Incoming>) -> String {
-    let watch = req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
-    if watch { "watch".into() } else { req.method().as_str().to_ascii_lowercase() }
+pub(super) fn verb(method: &str, query: Option<&str>) -> String {
+    let watch = query.is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
+    if watch { "watch".into() } else { method.to_ascii_lowercase() }
 }
 
 /// The hyper service of the front door.
@@ -86,8 +86,13 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let request_id = new_request_id();
-    let mut audit =
-        Pending::new(state.audit.clone(), state.metrics.clone(), &request_id, &verb(&req), req.uri().path());
+    let mut audit = Pending::new(
+        state.audit.clone(),
+        state.metrics.clone(),
+        &request_id,
+        &verb(req.method().as_str(), req.uri().query()),
+        req.uri().path(),
+    );
     let span = tracing::info_span!(
         "request", id = %request_id, method = %req.method(), path = %req.uri().path(), remote = %caller.remote, user = tracing::field::Empty
     );
@@ -196,15 +201,18 @@ async fn send_to_agent(
             None => pick(state, &cluster, failed_connection)?,
         };
         let agent = in_flight.0.clone();
-        audit.record.agent = Some(agent.name.clone());
-        tracing::debug!(connection = agent.id, agent = %agent.name, "routing");
+        match agent.peer() {
+            None => (audit.record.agent, audit.record.peer) = (Some(agent.name().to_owned()), None),
+            Some(replica) => (audit.record.agent, audit.record.peer) = (None, Some(replica.to_owned())),
+        }
+        tracing::debug!(connection = agent.id, agent = %agent.name(), peer = agent.peer(), "routing");
         let stream_error = |source| ForwardError::Stream { cluster: cluster.clone(), source };
         let replayable = matches!(body, RequestBody::Replayable);
-        let opened = open_request(&agent.connection, &head).await;
+        let opened = open_request(&agent, &cluster, &head, replayable).await;
         let (mut send, mut recv) = match opened {
             Ok(stream) => stream,
             Err(e) if replayable && failed_connection.is_none() => {
-                tracing::warn!(connection = agent.id, agent = %agent.name, error = %e, "stream failed before any response; retrying on another connection");
+                tracing::warn!(connection = agent.id, agent = %agent.name(), error = %e, "stream failed before any response; retrying on another connection");
                 state.metrics.retries.inc(&[&cluster]);
                 failed_connection = Some(agent.id);
                 continue;
@@ -215,20 +223,21 @@ async fn send_to_agent(
             RequestBody::Replayable => {
                 send.finish();
                 let may_retry = failed_connection.is_none();
-                match head_or_elsewhere(state, &cluster, &agent, &mut recv, may_retry).await {
+                let elsewhere = |excluding| pick_hop(state, &cluster, Some(excluding));
+                match head_or_elsewhere(&agent, &mut recv, may_retry, elsewhere).await {
                     Ok(Ok(response_head)) => {
                         tracing::debug!(status = response_head.status, "response head");
                         let body = unread.response_body(recv, (in_flight, counted), &user, agent);
                         return Ok(response_from(response_head, body));
                     }
                     Ok(Err(e)) if may_retry => {
-                        tracing::warn!(connection = agent.id, agent = %agent.name, error = %e, "stream failed before any response; retrying on another connection");
+                        tracing::warn!(connection = agent.id, agent = %agent.name(), error = %e, "stream failed before any response; retrying on another connection");
                         state.metrics.retries.inc(&[&cluster]);
                         failed_connection = Some(agent.id);
                     }
                     Ok(Err(e)) => return Err(stream_error(e)),
                     Err(Elsewhere(other)) => {
-                        tracing::warn!(connection = agent.id, agent = %agent.name, to = other.0.id, "agent connection silent before any response; retrying on another connection");
+                        tracing::warn!(connection = agent.id, agent = %agent.name(), to = other.0.id, "agent connection silent before any response; retrying on another connection");
                         state.metrics.retries.inc(&[&cluster]);
                         // The agent, if it is alive after all, abandons the upstream request.
                         recv.stop(AppCode::Cancelled);
@@ -262,18 +271,17 @@ async fn send_to_agent(
 }
 
 /// A healthy connection to send a request to instead of a silent one.
-struct Elsewhere(InFlight);
+pub(super) struct Elsewhere(pub InFlight);
 
 /// Waits for the response head on `recv`, counted as waiting on `agent`'s connection (so that
 /// its silence is noticed, see [`crate::liveness`]). If the connection goes silent first and
-/// `may_retry`, and another connection of the cluster is not silent, gives up on this one:
-/// `Err` with that connection, already counted.
-async fn head_or_elsewhere(
-    state: &StubState,
-    cluster: &str,
-    agent: &AgentConnection,
+/// `may_retry`, and `elsewhere` (asked to exclude this hop) has one that is not silent, gives up
+/// on this one: `Err` with that hop, already counted.
+pub(super) async fn head_or_elsewhere(
+    agent: &Hop,
     recv: &mut RecvHalf,
     may_retry: bool,
+    elsewhere: impl Fn(u64) -> Pick,
 ) -> Result<Result<ResponseHead, WireError>, Elsewhere> {
     let _waiting = agent.liveness.waiting();
     let read = read_frame::<ResponseHead, _>(recv);
@@ -283,8 +291,7 @@ async fn head_or_elsewhere(
             head = &mut read => return Ok(head),
             _ = agent.liveness.suspected(), if may_retry => {}
         }
-        let limit = state.limits.limits().per_connection;
-        if let Pick::Picked(other) = state.registry.pick(cluster, Some(agent.id), limit)
+        if let Pick::Picked(other) = elsewhere(agent.id)
             && !other.0.liveness.is_suspect()
         {
             return Err(Elsewhere(other));
@@ -297,10 +304,25 @@ async fn head_or_elsewhere(
     }
 }
 
-/// The least busy routable connection of `cluster`, other than `excluding` when there is one.
-fn pick(state: &StubState, cluster: &str, excluding: Option<u64>) -> Result<InFlight, ForwardError> {
+/// Where a front-door request for `cluster` goes (not to `excluding`): the least busy agent
+/// connection of this replica; or, when this replica has none (or only a silent one), the least
+/// busy link of a peer replica that holds one.
+fn pick_hop(state: &StubState, cluster: &str, excluding: Option<u64>) -> Pick {
     let limit = state.limits.limits().per_connection;
     match state.registry.pick(cluster, excluding, limit) {
+        Pick::Picked(local) if local.0.liveness.is_suspect() => match state.hub.peers.pick(cluster, excluding, limit) {
+            Pick::Picked(peer) if !peer.0.liveness.is_suspect() => Pick::Picked(peer),
+            _ => Pick::Picked(local),
+        },
+        Pick::None => state.hub.peers.pick(cluster, excluding, limit),
+        local => local,
+    }
+}
+
+/// [`pick_hop`], or why there is nowhere to go.
+fn pick(state: &StubState, cluster: &str, excluding: Option<u64>) -> Result<InFlight, ForwardError> {
+    let limit = state.limits.limits().per_connection;
+    match pick_hop(state, cluster, excluding) {
         Pick::Picked(in_flight) => Ok(in_flight),
         Pick::Full { connections } => {
             let full = LimitError::Connection { cluster: cluster.to_owned(), connections, limit };
@@ -311,9 +333,18 @@ fn pick(state: &StubState, cluster: &str, excluding: Option<u64>) -> Result<InFl
     }
 }
 
-/// Opens a request stream on `conn` and writes `head` on it: the one way every request starts.
-async fn open_request(conn: &Connection, head: &RequestHead) -> Result<(SendHalf, RecvHalf), WireError> {
-    let (mut send, recv) = conn.open_stream().await.map_err(WireError::Io)?;
+/// Opens a request stream on `hop` and writes `head` on it (on a peer link, after the
+/// [`PeerRequest`] that names the cluster): the one way every request starts.
+pub(super) async fn open_request(
+    hop: &Hop,
+    cluster: &str,
+    head: &RequestHead,
+    replayable: bool,
+) -> Result<(SendHalf, RecvHalf), WireError> {
+    let (mut send, recv) = hop.connection.open_stream().await.map_err(WireError::Io)?;
+    if hop.peer().is_some() {
+        write_frame(&mut send, &PeerRequest { cluster: cluster.to_owned(), replayable }).await?;
+    }
     write_frame(&mut send, head).await?;
     Ok((send, recv))
 }

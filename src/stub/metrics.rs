@@ -3,6 +3,7 @@
 //! reason (front door and agent handshakes), and for every agent connection over QUIC its path
 //! as quinn measures it (RTT, congestion window, packets sent and lost): link quality per agent.
 
+use super::hop::HopTo;
 use super::registry::Registry;
 use crate::metrics::{self, CounterVec, DURATION_BUCKETS, HistogramVec, Text};
 
@@ -80,9 +81,10 @@ impl StubMetrics {
         let mut in_flight = std::collections::BTreeMap::<String, u64>::new();
         let mut unread = std::collections::BTreeMap::<String, u64>::new();
         for agent in &agents {
-            *connected.entry((agent.cluster.clone(), agent.connection.transport().to_string())).or_default() += 1;
-            *in_flight.entry(agent.cluster.clone()).or_default() += agent.in_flight() as u64;
-            *unread.entry(agent.cluster.clone()).or_default() += agent.unread() as u64;
+            let HopTo::Agent { cluster, .. } = &agent.to else { continue };
+            *connected.entry((cluster.clone(), agent.connection.transport().to_string())).or_default() += 1;
+            *in_flight.entry(cluster.clone()).or_default() += agent.in_flight() as u64;
+            *unread.entry(cluster.clone()).or_default() += agent.unread() as u64;
         }
         for ((cluster, transport), n) in &connected {
             text.sample("tether_agents_connected", &[("cluster", cluster), ("transport", transport)], *n as f64);
@@ -157,11 +159,8 @@ impl StubMetrics {
             .iter()
             .zip(&ids)
             .filter_map(|(agent, id)| {
-                let labels = vec![
-                    ("cluster", agent.cluster.as_str()),
-                    ("agent", agent.name.as_str()),
-                    ("connection", id.as_str()),
-                ];
+                let HopTo::Agent { cluster, name, .. } = &agent.to else { return None };
+                let labels = vec![("cluster", cluster.as_str()), ("agent", name.as_str()), ("connection", id.as_str())];
                 Some((labels, agent.connection.path_stats()?))
             })
             .collect();

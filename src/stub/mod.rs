@@ -1,7 +1,12 @@
 //! The stub: the hub side of the tunnel.
 //!
 //! - [`agents`]: an agent connection (QUIC or TCP) says hello and joins the [`registry`].
+//! - [`hop`]: a connection requests are sent on (an agent's, or a peer replica's link).
 //! - [`registry`]: live agent connections per cluster and the choice of one per request.
+//! - [`replica`]: this stub as one replica of a hub: id, members, peer listener, mesh.
+//! - [`peer_links`]: links between replicas: announcing clusters, accepting peers' links.
+//! - [`peer_routes`]: the clusters peer replicas hold, and the choice of a peer for a request.
+//! - [`relay`]: a request a peer forwarded here, on to one of this replica's agents.
 //! - [`front_door`]: the HTTPS listener for users and services (HTTP/1.1 and HTTP/2).
 //! - [`connections`]: front-door connections limited per source and in all; silent and idle
 //!   ones closed.
@@ -23,10 +28,15 @@ pub mod audit;
 pub mod connections;
 pub mod forward;
 pub mod front_door;
+pub mod hop;
 pub mod limits;
 pub mod metrics;
+pub mod peer_links;
+pub mod peer_routes;
 pub mod registry;
+pub mod relay;
 pub mod reload;
+pub mod replica;
 pub mod route;
 pub mod state;
 pub mod unread;
@@ -76,6 +86,8 @@ pub struct StubConfig {
     pub admin_listen: Option<SocketAddr>,
     /// Front-door connections: how many, and how long silent or idle ones stay.
     pub connections: connections::ConnectionLimits,
+    /// This stub as one replica of a hub (by default: alone).
+    pub replica: replica::ReplicaConfig,
 }
 
 /// A stub whose sockets are bound (so its addresses are known) but not yet serving.
@@ -92,6 +104,8 @@ pub struct Stub {
     /// The version of the whitelist file the list in force came from.
     whitelist_stamp: Option<reload::Stamp>,
     watch_whitelist: bool,
+    /// Members, peer listener and links, started with the rest.
+    replica: replica::Replica,
 }
 
 impl Stub {
@@ -113,7 +127,7 @@ impl Stub {
         let agents = Listener::bind(config.quic_listen, agent_tls, &config.tuning, stub_metrics.clone())
             .await
             .context("starting the agent listener (QUIC, and the TCP fallback on the same port)")?;
-        let front_tls = Arc::new(tls::front_door(&ca, chain, key)?);
+        let front_tls = Arc::new(tls::front_door(&ca, chain.clone(), key.clone_key())?);
         let tokens = TokenVerifier::load(&config.issuer_pub)?;
         let audit = AuditLog::open(&config.audit, config.audit_required, stub_metrics.clone())
             .with_context(|| format!("opening the audit log {:?}", config.audit))?;
@@ -126,6 +140,15 @@ impl Stub {
             }
             None => None,
         };
+        let replica =
+            replica::Replica::prepare(config.replica, &ca, &chain, &key, &config.tuning, stub_metrics.clone())
+                .await
+                .context("starting this stub as a replica of the hub")?;
+        let hub = state::HubView {
+            replica: replica.id.clone(),
+            members: replica.members(),
+            peers: peer_routes::PeerRoutes::default(),
+        };
         let stub_metrics_for_connections = stub_metrics.clone();
         let state = Arc::new(StubState {
             registry: registry::Registry::default(),
@@ -135,6 +158,7 @@ impl Stub {
             limits: limits::Counters::new(config.limits),
             unread: unread::Unread::new(config.unread, stub_metrics.clone()),
             metrics: stub_metrics,
+            hub,
         });
         Ok(Stub {
             agents,
@@ -147,6 +171,7 @@ impl Stub {
             whitelist_path: dir.whitelist(),
             whitelist_stamp,
             watch_whitelist: config.watch_whitelist,
+            replica,
         })
     }
 
@@ -161,6 +186,16 @@ impl Stub {
 
     pub fn admin_addr(&self) -> Option<std::io::Result<SocketAddr>> {
         self.admin.as_ref().map(TcpListener::local_addr)
+    }
+
+    /// Where peer replicas link to this one, if it is one of several.
+    pub fn peer_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.replica.peer_addr()
+    }
+
+    /// This replica's id.
+    pub fn replica_id(&self) -> &str {
+        &self.replica.id
     }
 
     /// Serves until `shutdown` completes, then drains the front door and closes agent
@@ -196,6 +231,10 @@ impl Stub {
         let (path, stamp) = (self.whitelist_path, self.whitelist_stamp);
         tokio::spawn(reload::watch(self.state.clone(), path, stamp, self.watch_whitelist, cancel.clone()));
         tokio::spawn(self.state.unread.clone().sweep(admin_stop.clone()));
+        // The hub: membership, peer links. They outlive the front door's drain (its requests
+        // may be forwarded to peers), and go with the admin listener.
+        let hub_tracker = TaskTracker::new();
+        self.replica.start(self.state.clone(), self.state.metrics.clone(), admin_stop.clone(), &hub_tracker);
         shutdown.await;
         tracing::info!("shutting down: draining the front door, then closing agent connections");
         cancel.cancel();
@@ -208,7 +247,13 @@ impl Stub {
         tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        for link in self.state.hub.peers.links() {
+            link.connection.close(AppCode::GoingAway, "replica shutting down");
+        }
         admin_stop.cancel();
+        // The Lease given up (bounded), so the others drop this replica at once.
+        hub_tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(3), hub_tracker.wait()).await;
         Ok(())
     }
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
+use super::hop::HopTo;
 use super::state::StubState;
 use crate::identity::whitelist::Whitelist;
 use crate::wire::codes::AppCode;
@@ -124,10 +125,11 @@ pub async fn reload(state: &StubState, path: &Path, trigger: Trigger) {
     state.metrics.whitelist_reloads.inc(&["applied"]);
     tracing::info!(reason, agents = list.entries().len(), "whitelist reloaded");
     for agent in state.registry.all() {
-        let still = list.lookup(&agent.fingerprint).is_some_and(|entry| entry.cluster == agent.cluster);
+        let HopTo::Agent { cluster, name, fingerprint } = &agent.to else { continue };
+        let still = list.lookup(fingerprint).is_some_and(|entry| entry.cluster == *cluster);
         if !still {
             tracing::warn!(
-                cluster = %agent.cluster, name = %agent.name, fingerprint = %agent.fingerprint, connection = agent.id,
+                %cluster, %name, %fingerprint, connection = agent.id,
                 "closing connection: certificate removed from the whitelist"
             );
             agent.connection.close(AppCode::Revoked, "certificate removed from the whitelist");

@@ -1,13 +1,16 @@
 //! What every part of the stub shares while it runs: the agent connections, the whitelist in
-//! force, the token verifier, the audit log, the limits and the metrics.
+//! force, the token verifier, the audit log, the limits, the metrics, and the replica's view of
+//! the hub (members and peer routes).
 
 use std::sync::Arc;
 
 use super::audit::AuditLog;
 use super::limits;
 use super::metrics::StubMetrics;
+use super::peer_routes::PeerRoutes;
 use super::registry::Registry;
 use super::unread::Unread;
+use crate::hub::members::Members;
 use crate::identity::token::TokenVerifier;
 use crate::identity::whitelist::WhitelistHandle;
 
@@ -22,4 +25,24 @@ pub struct StubState {
     /// Responses on their way to callers, and the ones their callers leave unread.
     pub unread: Arc<Unread>,
     pub metrics: Arc<StubMetrics>,
+    /// This replica among the hub's replicas.
+    pub hub: HubView,
+}
+
+/// This replica among the hub's replicas (a stub that runs alone is a hub of one).
+#[derive(Debug)]
+pub struct HubView {
+    /// This replica's id (`--id`).
+    pub replica: String,
+    /// The members as this replica sees them now, itself included: id -> peer address.
+    pub members: tokio::sync::watch::Receiver<Members>,
+    /// The clusters peer replicas hold, and their links.
+    pub peers: PeerRoutes,
+}
+
+impl HubView {
+    /// How many replicas the hub has, as this one sees it (at least itself).
+    pub fn member_count(&self) -> u32 {
+        self.members.borrow().len().max(1) as u32
+    }
 }

@@ -9,7 +9,7 @@
 //! and then nothing moves on that agent connection, not even other users' response heads.
 //!
 //! So a response whose caller leaves a chunk untaken for [`HOLD_AFTER`] is *held*: its agent
-//! connection's window grows by one stream window ([`AgentConnection::hold_unread`]), so what it
+//! connection's window grows by one stream window ([`Hop::hold_unread`]), so what it
 //! holds back comes out of a grant of its own, and the shared window stays free for everyone
 //! else. The grant goes when the response ends. Held responses cost memory (up to a stream
 //! window each), so they are limited per user and per agent connection; one beyond a limit is
@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
+use super::hop::Hop;
 use super::metrics::StubMetrics;
-use super::registry::AgentConnection;
 use crate::bridge::{Body, BoxError, ChunkSource};
 use crate::transport::{CONNECTION_WINDOW, RecvHalf, STREAM_WINDOW};
 use crate::wire::codes::AppCode;
@@ -72,7 +72,7 @@ struct Watched {
     handed_at: AtomicU64,
     held: AtomicBool,
     user: String,
-    agent: Arc<AgentConnection>,
+    agent: Arc<Hop>,
     unread: Arc<Unread>,
 }
 
@@ -110,6 +110,10 @@ impl DropReason {
 }
 
 impl Unread {
+    pub fn limits(&self) -> UnreadLimits {
+        self.limits
+    }
+
     pub fn new(limits: UnreadLimits, metrics: Arc<StubMetrics>) -> Arc<Unread> {
         Arc::new(Unread {
             limits,
@@ -127,7 +131,7 @@ impl Unread {
         recv: RecvHalf,
         keep: K,
         user: &str,
-        agent: Arc<AgentConnection>,
+        agent: Arc<Hop>,
     ) -> Body {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let watched = Arc::new(Watched {

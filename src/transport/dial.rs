@@ -28,10 +28,12 @@ impl ClientTls {
     }
 }
 
-/// Dials one listener address.
+/// Dials one listener address (a name may resolve to several: each dial may pick one).
 #[derive(Debug)]
 pub struct Dialer {
-    endpoint: quinn::Endpoint,
+    /// The endpoint new QUIC dials go out of; replaced by [`Dialer::fresh_socket`] (connections
+    /// on an older one keep it alive while they last).
+    endpoint: std::sync::Mutex<quinn::Endpoint>,
     /// `HOST:PORT` of the listener.
     target: String,
     /// The name the listener's certificate must carry.
@@ -43,11 +45,21 @@ impl Dialer {
     /// A dialer with a UDP socket of its own (IPv6 and IPv4, or IPv4 only on a host without
     /// IPv6).
     pub fn new(target: &str, server_name: &str, tuning: &Tuning) -> std::io::Result<Dialer> {
-        let endpoint = match quic::client_endpoint("[::]:0".parse().expect("valid address")) {
-            Ok(endpoint) => endpoint,
-            Err(_) => quic::client_endpoint("0.0.0.0:0".parse().expect("valid address"))?,
-        };
-        Ok(Dialer { endpoint, target: target.to_owned(), server_name: server_name.to_owned(), tuning: tuning.clone() })
+        Ok(Dialer {
+            endpoint: std::sync::Mutex::new(any_endpoint()?),
+            target: target.to_owned(),
+            server_name: server_name.to_owned(),
+            tuning: tuning.clone(),
+        })
+    }
+
+    /// Moves new dials to a new UDP socket (a new local port), so that a load balancer that
+    /// hashes on addresses and ports may send the next connection to another backend.
+    /// Connections already made stay where they are.
+    pub fn fresh_socket(&self) -> std::io::Result<()> {
+        let fresh = any_endpoint()?;
+        *self.endpoint.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
     }
 
     /// The listener's `HOST:PORT`, as given.
@@ -55,24 +67,36 @@ impl Dialer {
         &self.target
     }
 
-    /// The QUIC endpoint every dial goes out of (to move it to a new socket, or close it).
-    pub fn endpoint(&self) -> &quinn::Endpoint {
-        &self.endpoint
+    /// The QUIC endpoint new dials go out of (to move it to a new socket, or close it).
+    pub fn endpoint(&self) -> quinn::Endpoint {
+        self.endpoint.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// One connection over `transport`, its handshakes done. In TLS 1.3 that does not yet mean
-    /// the listener accepted the certificate: the first frame on the control stream tells.
-    pub async fn dial(&self, tls: &ClientTls, transport: Transport) -> Result<Connection, String> {
+    /// Every address the listener's name resolves to now.
+    pub async fn resolve(&self) -> Result<Vec<SocketAddr>, String> {
         let target = &self.target;
-        let addr = tokio::net::lookup_host(target)
-            .await
-            .map_err(|e| format!("cannot resolve {target}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{target} resolves to no address"))?;
+        let addresses: Vec<SocketAddr> =
+            tokio::net::lookup_host(target).await.map_err(|e| format!("cannot resolve {target}: {e}"))?.collect();
+        if addresses.is_empty() {
+            return Err(format!("{target} resolves to no address"));
+        }
+        Ok(addresses)
+    }
+
+    /// One connection over `transport` to the first address the name resolves to, its
+    /// handshakes done. In TLS 1.3 that does not yet mean the listener accepted the
+    /// certificate: the first frame on the control stream tells.
+    pub async fn dial(&self, tls: &ClientTls, transport: Transport) -> Result<Connection, String> {
+        let addr = self.resolve().await?[0];
+        self.dial_to(addr, tls, transport).await
+    }
+
+    /// One connection over `transport` to `addr` (one of [`Dialer::resolve`]'s).
+    pub async fn dial_to(&self, addr: SocketAddr, tls: &ClientTls, transport: Transport) -> Result<Connection, String> {
         match transport {
             Transport::Quic => {
                 let connecting = self
-                    .endpoint
+                    .endpoint()
                     .connect_with(tls.quic.clone(), addr, &self.server_name)
                     .map_err(|e| format!("cannot dial {addr}: {e}"))?;
                 Ok(Connection::Quic(connecting.await.map_err(|e| explain::closed(&e))?))
@@ -89,16 +113,25 @@ impl Dialer {
         let _ = tcp.set_nodelay(true);
         let name = rustls::pki_types::ServerName::try_from(self.server_name.clone())
             .map_err(|e| format!("--server-name {:?}: {e}", self.server_name))?;
+        let offered = tls.tcp.alpn_protocols.first().cloned().unwrap_or_default();
         let tls = tokio_rustls::TlsConnector::from(tls.tcp.clone())
             .connect(name, tcp)
             .await
             .map_err(|e| explain::tcp_failure(&e))?;
-        if tls.get_ref().1.alpn_protocol() != Some(crate::wire::ALPN) {
-            return Err("the stub does not speak tether/1 over TCP".into());
+        if tls.get_ref().1.alpn_protocol() != Some(&offered[..]) {
+            return Err(format!("{addr} does not speak {} over TCP", String::from_utf8_lossy(&offered)));
         }
         let conn = TcpConnection::dialer(tls, addr, self.tuning.idle_timeout, self.tuning.max_request_streams)
             .await
             .map_err(|e| explain::tcp_failure(&e))?;
         Ok(Connection::Tcp(conn))
+    }
+}
+
+/// A client endpoint on a new UDP socket: IPv6 and IPv4, or IPv4 only on a host without IPv6.
+fn any_endpoint() -> std::io::Result<quinn::Endpoint> {
+    match quic::client_endpoint("[::]:0".parse().expect("valid address")) {
+        Ok(endpoint) => Ok(endpoint),
+        Err(_) => quic::client_endpoint("0.0.0.0:0".parse().expect("valid address")),
     }
 }

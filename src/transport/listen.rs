@@ -27,8 +27,6 @@ use super::quic::{self, Tuning};
 use super::tcp::TcpConnection;
 use crate::identity::fingerprint::Fingerprint;
 
-use crate::wire::ALPN;
-
 /// How long a dialer may take for its handshake, over either transport.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Handshakes in progress (after address validation) beyond which new ones are refused: a
@@ -162,13 +160,15 @@ impl Listener {
         let pending = Arc::new(AtomicUsize::new(0));
         let quic =
             accept_quic(endpoint, shutdown.clone(), tracker.clone(), serve.clone(), events.clone(), pending.clone());
+        // The one protocol this listener speaks (agents', or peer replicas').
+        let alpn: Arc<[u8]> = tls.alpn_protocols.first().cloned().unwrap_or_default().into();
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         let tcp = crate::accept::accept_loop(tcp, shutdown, "agents (TCP)", move |tcp, remote| {
             let Some(handshaking) = Pending::start(&pending) else {
                 events.refused("handshake_limit");
                 return tracing::debug!(%remote, "too many handshakes in progress: refused a TCP dialer");
             };
-            let (acceptor, serve, events) = (acceptor.clone(), serve.clone(), events.clone());
+            let (acceptor, serve, events, alpn) = (acceptor.clone(), serve.clone(), events.clone(), alpn.clone());
             tracker.spawn(async move {
                 let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
                 drop(handshaking);
@@ -188,9 +188,9 @@ impl Listener {
                     }
                 };
                 let (_, session) = tls.get_ref();
-                if session.alpn_protocol() != Some(ALPN) {
+                if session.alpn_protocol() != Some(&alpn[..]) {
                     events.refused("alpn");
-                    return tracing::debug!(%remote, "TCP dialer does not speak tether/1");
+                    return tracing::debug!(%remote, "TCP dialer does not speak {}", String::from_utf8_lossy(&alpn));
                 }
                 let fingerprint = session.peer_certificates().and_then(|c| c.first()).map(|c| Fingerprint::of_der(c));
                 match TcpConnection::listener(tls, remote, idle_timeout).await {

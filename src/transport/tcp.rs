@@ -194,6 +194,14 @@ impl TcpConnection {
         self.0.remote
     }
 
+    /// A connection object with no connection behind it (it never ends, accepts nothing), for
+    /// unit tests of what holds connections.
+    #[cfg(test)]
+    pub fn detached_for_tests() -> TcpConnection {
+        let (_tx, rx) = mpsc::channel(1);
+        TcpConnection::new(Role::Dialer(tokio::sync::Mutex::new(rx)), SocketAddr::from(([127, 0, 0, 1], 9)))
+    }
+
     /// Opens a request stream (listener side).
     pub async fn open_stream(&self) -> io::Result<(TcpSend, TcpRecv)> {
         let Role::Listener(send_request) = &self.0.role else {

@@ -73,6 +73,18 @@ pub enum PeerControl {
     Announce { added: Vec<String>, removed: Vec<String> },
 }
 
+/// First frame of a request stream on a peer link (the forwarding replica -> the replica that
+/// holds an agent connection of the cluster); the `RequestHead` and body follow as on an agent
+/// connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerRequest {
+    pub cluster: String,
+    /// The request has no body and may be sent again (GET, HEAD, OPTIONS): the holder may retry
+    /// it on another of its agent connections if the first fails or goes silent before any
+    /// response byte.
+    pub replayable: bool,
+}
+
 /// One HTTP header. Values are bytes: HTTP allows non-UTF-8 (obs-text) values.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {
@@ -266,6 +278,13 @@ mod tests {
         }
 
         #[test]
+        fn peer_requests_round_trip(cluster in "[a-z0-9-]{0,63}", replayable in any::<bool>()) {
+            let msg = PeerRequest { cluster, replayable };
+            let bytes = encode(&msg).unwrap();
+            prop_assert_eq!(decode::<PeerRequest>(&bytes).unwrap().unwrap().0, msg);
+        }
+
+        #[test]
         fn peer_control_frames_round_trip(msg in peer_control()) {
             let bytes = encode(&msg).unwrap();
             prop_assert_eq!(decode::<PeerControl>(&bytes).unwrap().unwrap().0, msg);
@@ -277,6 +296,7 @@ mod tests {
             let _ = decode::<ResponseHead>(&bytes);
             let _ = decode::<Control>(&bytes);
             let _ = decode::<PeerControl>(&bytes);
+            let _ = decode::<PeerRequest>(&bytes);
             let _ = decode_payload::<RequestHead>(&bytes);
         }
 

@@ -64,6 +64,27 @@ async fn read_exact<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut [u8]) -> Res
     }
 }
 
+/// Reads frames of type `T` on a task of their own, one after the other, until the stream ends
+/// or fails (the last item is that error). The receiver can be waited on beside other things
+/// (a `select!`) without losing half a frame, as a `read_frame` future dropped mid-way would.
+pub fn read_frames<T, R>(mut reader: R) -> tokio::sync::mpsc::Receiver<Result<T, WireError>>
+where
+    T: DeserializeOwned + Send + 'static,
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(async move {
+        loop {
+            let frame = read_frame(&mut reader).await;
+            let end = frame.is_err();
+            if tx.send(frame).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 /// Writes one frame. Does not flush or finish the stream: the body (if any) follows.
 pub async fn write_frame<T, W>(writer: &mut W, msg: &T) -> Result<(), WireError>
 where
@@ -102,6 +123,21 @@ mod tests {
         let whole = frame::encode(&Control::Drain).unwrap();
         let mut cut: &[u8] = &whole[..whole.len() - 1];
         assert!(matches!(read_frame::<Control, _>(&mut cut).await, Err(WireError::Truncated)));
+    }
+
+    #[tokio::test]
+    async fn frames_read_on_their_own_task_arrive_in_order_then_the_end() {
+        let (mut a, b) = tokio::io::duplex(64);
+        let mut frames = read_frames::<Control, _>(b);
+        for frame in [Control::Drain, Control::Members { count: 3 }, Control::DrainAck] {
+            write_frame(&mut a, &frame).await.unwrap();
+        }
+        drop(a);
+        assert_eq!(frames.recv().await.unwrap().unwrap(), Control::Drain);
+        assert_eq!(frames.recv().await.unwrap().unwrap(), Control::Members { count: 3 });
+        assert_eq!(frames.recv().await.unwrap().unwrap(), Control::DrainAck);
+        assert!(matches!(frames.recv().await, Some(Err(WireError::Closed))));
+        assert!(frames.recv().await.is_none());
     }
 
     #[tokio::test(start_paused = true)]

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-/// Backoff state of one dial loop.
+/// Backoff state of one dial loop (an agent's, or a replica's toward a peer).
 #[derive(Debug, Clone)]
 pub struct Backoff {
     min: Duration,
