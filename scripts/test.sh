@@ -16,19 +16,19 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
-say "the node's packages for the real-node tests (containerd, runc, CNI plugins, umoci, iptables, busybox)"
-# Debian's, installed once as root; without root the real-node tests print SKIPPED.
-node_packages=(containerd runc containernetworking-plugins umoci iptables busybox-static jq)
+say "packages for the real-node tests (containerd, runc, CNI plugins, umoci, iptables, busybox) and the hub's load balancers (nftables, haproxy)"
+# Debian's, installed once as root; without root those tests print SKIPPED.
+packages=(containerd runc containernetworking-plugins umoci iptables busybox-static jq nftables haproxy)
 if [ "$(id -u)" = 0 ]; then
   missing=()
-  for p in "${node_packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
   if ((${#missing[@]})); then
     echo "installing ${missing[*]}" >&2
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
 else
-  echo "not root: the real-node tests will be skipped (they need containerd and kubelet)" >&2
+  echo "not root: the real-node and load-balancer tests will be skipped (they need containerd and kubelet, network namespaces and nftables)" >&2
 fi
 
 say "real Kubernetes binaries for the end-to-end tests (built once, cached outside the repo)"

@@ -35,7 +35,7 @@ impl Readiness {
     }
 }
 
-fn answer(code: StatusCode, text: &'static str) -> Response<Body> {
+fn answer(code: StatusCode, text: impl Into<bytes::Bytes>) -> Response<Body> {
     let mut response = Response::new(bridge::full(text));
     *response.status_mut() = code;
     response
@@ -50,6 +50,8 @@ pub struct Site {
     pub readiness: Readiness,
     /// What `/readyz` says while not ready.
     pub not_ready: &'static str,
+    /// What `/readyz` says while ready, after "ready" (a stub replica: its view of the hub).
+    pub ready_detail: Option<Metrics>,
     pub metrics: Metrics,
 }
 
@@ -73,7 +75,10 @@ pub async fn serve(listener: TcpListener, site: Site, shutdown: CancellationToke
 fn route(site: &Site, path: &str) -> Response<Body> {
     match path {
         "/healthz" => answer(StatusCode::OK, "ok\n"),
-        "/readyz" if site.readiness.get() => answer(StatusCode::OK, "ready\n"),
+        "/readyz" if site.readiness.get() => match &site.ready_detail {
+            Some(detail) => answer(StatusCode::OK, format!("ready: {}\n", detail())),
+            None => answer(StatusCode::OK, "ready\n"),
+        },
         "/readyz" => answer(StatusCode::SERVICE_UNAVAILABLE, site.not_ready),
         "/metrics" => {
             let mut response = Response::new(bridge::full((site.metrics)()));

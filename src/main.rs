@@ -58,6 +58,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Token(token) => token.run(),
         Command::Kubeconfig(kubeconfig) => kubeconfig.run(),
         Command::Register(register) => register.run(),
+        Command::Hub(hub) => hub.run(),
         Command::Bench(bench) => bench.run().await,
         Command::Link(link) => link.run().await,
     }

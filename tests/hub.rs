@@ -62,6 +62,25 @@ async fn a_cluster_held_by_one_replica_is_reached_through_every_front_door() {
     assert!(agent.count("forwarded_by=r3") >= 1, "the agent's log names r3:\n{}", agent.log());
     assert!(replicas[0].audit_lines_with("peer", "r2").is_empty(), "r1 holds the cluster: nothing forwarded from it");
 
+    // Each replica says what it sees: members, peers linked both ways, clusters by route.
+    let (status, ready) = support::admin::admin_get(&replicas[1].admin, "/readyz").await;
+    assert_eq!(status, 200);
+    for expected in [
+        "replica r2",
+        "3 members (r1 r2 r3)",
+        "peers linked in: r1 r3",
+        "linked out: r1 r3",
+        "clusters: 0 direct, 1 through peers, 1 reachable",
+    ] {
+        assert!(ready.contains(expected), "r2's /readyz says {expected:?}: {ready}");
+    }
+    let (_, ready) = support::admin::admin_get(&replicas[0].admin, "/readyz").await;
+    assert!(ready.contains("clusters: 1 direct, 0 through peers, 1 reachable"), "{ready}");
+    let (_, metrics) = support::admin::admin_get(&replicas[2].admin, "/metrics").await;
+    assert_eq!(support::admin::sample(&metrics, "tether_hub_members"), Some(3.0));
+    assert_eq!(support::admin::sample(&metrics, r#"tether_hub_peer_links{peer="r1",direction="in"}"#), Some(1.0));
+    assert_eq!(support::admin::sample(&metrics, r#"tether_hub_clusters{via="peer"}"#), Some(1.0));
+
     // A POST with a body, and a streamed response, cross the peer link whole.
     let (status, _, body) =
         support::call(&client, "POST", &format!("{}/clusters/dev/echo/post", replicas[2].stub.url), "a body").await;

@@ -23,7 +23,7 @@ use super::certificate::AgentCertificate;
 use super::forward::Forwarder;
 use super::handover::Handover;
 use super::metrics::AgentMetrics;
-use super::replicas::{Claim, Replicas};
+use super::replicas::{Claim, Replicas, share_to_move};
 use super::session::{self, Session, SessionEnd};
 use super::transport_choice::{QUIC_FAILURES_BEFORE_TCP, TransportChoice};
 use crate::admin::Readiness;
@@ -34,6 +34,12 @@ use crate::wire::codes::AppCode;
 
 /// A connection that lasted this long was healthy: the next failure starts backoff afresh.
 const HEALTHY_RUN: Duration = Duration::from_secs(10);
+/// When the hub grows, connections that move do so within this time (spread, so that a fleet
+/// of agents does not move at once).
+const REBALANCE_SPREAD: Duration = Duration::from_secs(5);
+/// Dials a moving connection tries before it stays where it is: each lands on a random
+/// replica behind a load balancer, so with four replicas twelve miss the new one 3% of the time.
+const REBALANCE_DIALS: usize = 12;
 /// Redials after landing on a replica another slot holds: quick at first (a load balancer
 /// usually sends the next socket elsewhere), slower if it keeps happening.
 const DUPLICATE_BACKOFF: (Duration, Duration) = (Duration::from_millis(20), Duration::from_secs(2));
@@ -49,8 +55,8 @@ pub struct Slots {
     pub grace: Duration,
     pub cancel: CancellationToken,
     replicas: Mutex<Replicas>,
-    /// The hub's member count as last heard: slots with nothing to hold wait on it.
-    members: watch::Sender<u32>,
+    /// The hub's replicas as last heard: slots with nothing to hold wait on them.
+    members: watch::Sender<Vec<String>>,
     /// Slots serving a session now.
     serving: AtomicUsize,
 }
@@ -76,7 +82,7 @@ impl Slots {
             grace,
             cancel,
             replicas: Mutex::new(Replicas::new(k)),
-            members: watch::Sender::new(1),
+            members: watch::Sender::new(Vec::new()),
             serving: AtomicUsize::new(0),
         })
     }
@@ -85,12 +91,16 @@ impl Slots {
         self.replicas.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The hub has `count` replicas now (a welcome or a `Members` frame said so).
-    fn members_changed(&self, count: u32) {
-        if self.replicas().set_members(count) {
-            tracing::info!(members = count, "the hub's member count changed: the agent's connections follow");
+    /// The hub has these replicas now (a welcome or a `Members` frame said so).
+    fn members_changed(&self, replicas: Vec<String>) {
+        if self.replicas().set_members(count(&replicas)) {
+            tracing::info!(?replicas, "the hub's member count changed: the agent's connections follow");
         }
-        self.members.send_replace(count);
+        self.members.send_if_modified(|known| {
+            let changed = *known != replicas;
+            *known = replicas;
+            changed
+        });
     }
 }
 
@@ -155,8 +165,8 @@ impl DialLoop {
                     continue;
                 }
             };
-            let claim = self.slots.replicas().claim(self.slot, &session.replica, address, session.members);
-            self.slots.members_changed(session.members);
+            let claim = self.slots.replicas().claim(self.slot, &session.replica, address, count(&session.members));
+            self.slots.members_changed(session.members.clone());
             if claim != Claim::Keep {
                 let (code, reason) = match claim {
                     Claim::Duplicate => (AppCode::Duplicate, "this agent holds a connection to this replica already"),
@@ -225,11 +235,33 @@ impl DialLoop {
         let cancel = self.slots.cancel.clone();
         let mut serving = self.start(session, certificate);
         let mut handover = Handover::default();
+        let mut members = self.slots.members.subscribe();
+        let mut known: Vec<String> = members.borrow_and_update().clone();
+        // When set: this slot moves to one of these new replicas then (the hub grew), make
+        // before break.
+        let mut rebalance_at: Option<(tokio::time::Instant, Vec<String>)> = None;
         let lost = loop {
             // No QUIC probe while new certificate files wait: they go first.
             let probe_at = self.choice.probe_at().filter(|_| !handover.is_waiting());
             let mut probe = false;
+            let mut rebalance = false;
             tokio::select! {
+                changed = members.changed() => {
+                    if changed.is_ok() {
+                        let now = members.borrow_and_update().clone();
+                        let new: Vec<String> = now.iter().filter(|r| !known.contains(r)).cloned().collect();
+                        if !known.is_empty() && rand::random::<f64>() < share_to_move(count(&known), count(&now)) {
+                            let spread = REBALANCE_SPREAD.mul_f64(rand::random::<f64>());
+                            tracing::info!(?new, after = ?spread, "the hub grew: moving this connection to a new replica");
+                            rebalance_at = Some((tokio::time::Instant::now() + spread, new));
+                        }
+                        known = now;
+                    }
+                    continue;
+                }
+                _ = sleep_until(rebalance_at.as_ref().map(|(at, _)| *at)), if rebalance_at.is_some() && !handover.is_waiting() => {
+                    rebalance = true;
+                }
                 end = &mut serving.task => break Some(match end {
                     Ok(SessionEnd::Lost { reason }) => reason,
                     Ok(SessionEnd::Stopped) => "the session stopped".to_owned(),
@@ -245,6 +277,15 @@ impl DialLoop {
                 _ = sleep_until(probe_at), if probe_at.is_some() => probe = true,
             }
             let now = tokio::time::Instant::now();
+            if rebalance && let Some((_, to)) = rebalance_at.take() {
+                if let Some(next) = self.rebalance(certificate, serving.transport, &to).await {
+                    let old = std::mem::replace(&mut serving, self.start(next, certificate));
+                    old.stop.cancel();
+                    self.stopped_one();
+                    retiring.spawn(old.task);
+                }
+                continue;
+            }
             // Make before break: new certificate files, or QUIC again after the TCP fallback.
             let (candidate, transport) = match handover.take_due(now) {
                 Some(new) => (new, serving.transport),
@@ -267,7 +308,7 @@ impl DialLoop {
                     }
                     // The new connection may have landed on another replica: it is this slot's now.
                     self.slots.replicas().release(self.slot);
-                    self.slots.replicas().claim(self.slot, &next.replica, address, next.members);
+                    self.slots.replicas().claim(self.slot, &next.replica, address, count(&next.members));
                     *certificate = candidate;
                     let old = std::mem::replace(&mut serving, self.start(next, certificate));
                     old.stop.cancel();
@@ -293,6 +334,36 @@ impl DialLoop {
         lost
     }
 
+    /// A connection to one of the replicas in `to` (new in the hub) that no slot of this agent
+    /// holds yet, dialled from fresh sockets while the current one serves on; `None` if a few
+    /// dials all land elsewhere (the current connection then stays).
+    async fn rebalance(&self, certificate: &AgentCertificate, transport: Transport, to: &[String]) -> Option<Session> {
+        for _ in 0..REBALANCE_DIALS {
+            if self.dialer.fresh_socket().is_err() {
+                return None;
+            }
+            let (next, address) = match self.connect(certificate, transport, 0).await {
+                Ok(dialled) => dialled,
+                Err(reason) => {
+                    tracing::debug!("no connection to move to: {reason}");
+                    return None;
+                }
+            };
+            let mut replicas = self.slots.replicas();
+            if replicas.holds(&next.replica) || !to.contains(&next.replica) {
+                drop(replicas);
+                next.connection().close(AppCode::Duplicate, "not the replica this agent is moving to");
+                continue;
+            }
+            replicas.release(self.slot);
+            replicas.claim(self.slot, &next.replica, address, count(&next.members));
+            drop(replicas);
+            tracing::info!(connection = next.connection_id, replica = %next.replica, "moved to another replica: draining the old connection");
+            return Some(next);
+        }
+        None
+    }
+
     /// Starts serving a welcomed session on its own task, in a span of its own, and counts it
     /// in readiness and metrics.
     fn start(&mut self, session: Session, certificate: &AgentCertificate) -> Serving {
@@ -311,8 +382,8 @@ impl DialLoop {
         let stop = CancellationToken::new();
         let slots = self.slots.clone();
         let task = tokio::spawn(
-            session::serve(session, self.slots.forwarder.clone(), stop.clone(), self.slots.grace, move |count| {
-                slots.members_changed(count)
+            session::serve(session, self.slots.forwarder.clone(), stop.clone(), self.slots.grace, move |replicas| {
+                slots.members_changed(replicas)
             })
             .instrument(span),
         );
@@ -325,6 +396,11 @@ impl DialLoop {
             self.slots.readiness.set(false);
         }
     }
+}
+
+/// How many replicas a member list names (at least one: the stub that answered).
+fn count(replicas: &[String]) -> u32 {
+    replicas.len().max(1) as u32
 }
 
 /// Sleeps until `at`, or forever when there is nothing to wait for.

@@ -77,6 +77,11 @@ impl Replicas {
         }
     }
 
+    /// Whether any slot holds `replica`.
+    pub fn holds(&self, replica: &str) -> bool {
+        self.slots.iter().any(|held| held.as_ref().is_some_and(|(r, _)| r == replica))
+    }
+
     /// The replica slot `slot` holds.
     pub fn held(&self, slot: usize) -> Option<&str> {
         self.slots.get(slot)?.as_ref().map(|(r, _)| r.as_str())
@@ -95,6 +100,16 @@ impl Replicas {
             .find(|a| !used(a))
             .or_else(|| addresses.get(attempt % n.max(1)).copied())
     }
+}
+
+/// When the hub grows from `before` to `after` replicas, the share of connections that should
+/// move to the new ones: each slot moves with this probability, so that on average the new
+/// replicas end up with as many as the old ones (a load balancer spreads the new dials).
+pub fn share_to_move(before: u32, after: u32) -> f64 {
+    if after <= before || after == 0 {
+        return 0.0;
+    }
+    f64::from(after - before) / f64::from(after)
 }
 
 #[cfg(test)]
@@ -131,6 +146,14 @@ mod tests {
         assert_eq!(r.prefer(0, &all, 0), Some(addr(1)), "a slot may keep its own address");
         assert_eq!(r.prefer(1, &[addr(1)], 5), Some(addr(1)), "one address behind a load balancer");
         assert_eq!(r.prefer(1, &[], 0), None);
+    }
+
+    #[test]
+    fn growing_hubs_move_their_share() {
+        assert_eq!(share_to_move(3, 3), 0.0);
+        assert_eq!(share_to_move(4, 3), 0.0);
+        assert_eq!(share_to_move(3, 4), 0.25);
+        assert_eq!(share_to_move(1, 2), 0.5);
     }
 
     proptest! {

@@ -31,8 +31,8 @@ pub struct Session {
     pub connection_id: u64,
     /// The stub replica that welcomed us.
     pub replica: String,
-    /// How many replicas the hub had at the welcome.
-    pub members: u32,
+    /// The hub's replicas at the welcome.
+    pub members: Vec<String>,
 }
 
 impl Session {
@@ -84,13 +84,13 @@ pub async fn establish(conn: Connection, cluster: &str, name: &str) -> Result<Se
 }
 
 /// Serves the stub's streams until the connection ends or `stop` is cancelled (then drains).
-/// `on_members` is told the hub's member count whenever the stub says it changed.
+/// `on_members` is told the hub's replicas whenever the stub says they changed.
 pub async fn serve(
     session: Session,
     forwarder: Arc<Forwarder>,
     stop: CancellationToken,
     grace: Duration,
-    on_members: impl Fn(u32) + Send,
+    on_members: impl Fn(Vec<String>) + Send,
 ) -> SessionEnd {
     let Session { conn, mut control, control_recv, connection_id, .. } = session;
     let mut frames = read_frames::<Control, _>(control_recv);
@@ -103,9 +103,9 @@ pub async fn serve(
             accepted = conn.accept_stream() => accepted,
             frame = frames.recv(), if control_open => {
                 match frame {
-                    Some(Ok(Control::Members { count })) => {
-                        tracing::debug!(count, "the hub's member count changed");
-                        on_members(count);
+                    Some(Ok(Control::Members { replicas })) => {
+                        tracing::debug!(?replicas, "the hub's replicas changed");
+                        on_members(replicas);
                     }
                     Some(Ok(other)) => tracing::debug!(frame = ?other, "unexpected control frame; ignored"),
                     // The stub keeps its control stream open while it serves; the connection's

@@ -5,6 +5,7 @@
 //! - [`certs`]: `tether certs ...`, the CA and every certificate.
 //! - [`credentials`]: `tether token` and `tether kubeconfig`, for users and services.
 //! - [`register`]: `tether register`, the manifest that installs an agent.
+//! - [`hub`]: `tether hub`, the hub's own manifest (stub replicas, Services, Lease RBAC).
 //! - [`bench`]: `tether bench`, the load harness.
 //! - [`link`]: `tether link`, an emulated bad link.
 //!
@@ -15,6 +16,7 @@ pub mod agent;
 pub mod bench;
 pub mod certs;
 pub mod credentials;
+pub mod hub;
 pub mod link;
 pub mod register;
 pub mod stub;
@@ -54,6 +56,10 @@ pub enum Command {
     /// Print the manifest that installs an agent in a cluster (issuing and registering its
     /// certificate if it has none yet).
     Register(register::RegisterArgs),
+    /// Print the hub's own manifest: N stub replicas, their Services, Lease RBAC and
+    /// certificates.
+    #[command(long_about = hub::LONG_ABOUT)]
+    Hub(Box<hub::HubArgs>),
     /// Load-test a stub (or an upstream directly, for comparison); or serve a target to test.
     Bench(Box<bench::BenchArgs>),
     /// Emulate a bad link on this machine (root): a network namespace for the stub, reached over

@@ -68,7 +68,7 @@ pub async fn serve_agent(conn: Connection, fingerprint: Option<Fingerprint>, sta
             connection_id: agent.id,
             build: crate::BUILD.into(),
             replica: state.hub.replica.clone(),
-            members: state.hub.member_count(),
+            members: state.hub.members.borrow().keys().cloned().collect(),
         });
         if let Err(e) = write_frame(&mut control_send, &welcome).await {
             tracing::debug!(error = %e, "agent went away before its welcome");
@@ -139,7 +139,7 @@ async fn watch_control(
     mut members: tokio::sync::watch::Receiver<Members>,
 ) {
     let mut frames = read_frames::<Control, _>(control);
-    let mut count = members.borrow_and_update().len();
+    let mut replicas: Vec<String> = members.borrow_and_update().keys().cloned().collect();
     let mut members_change = true;
     loop {
         let frame = tokio::select! {
@@ -149,10 +149,10 @@ async fn watch_control(
                     members_change = false;
                     continue;
                 }
-                let now = members.borrow_and_update().len();
-                if now != count {
-                    count = now;
-                    let update = Control::Members { count: count.max(1) as u32 };
+                let now: Vec<String> = members.borrow_and_update().keys().cloned().collect();
+                if now != replicas {
+                    replicas = now;
+                    let update = Control::Members { replicas: replicas.clone() };
                     if let Err(e) = write_frame(control_send, &update).await {
                         tracing::debug!(error = %e, "could not tell the agent the member count");
                     }

@@ -5,6 +5,7 @@
 
 use super::hop::HopTo;
 use super::registry::Registry;
+use super::state::HubSummary;
 use crate::metrics::{self, CounterVec, DURATION_BUCKETS, HistogramVec, Text};
 
 /// Counters kept as requests happen; gauges are read from the registry at scrape time.
@@ -70,8 +71,29 @@ impl Default for StubMetrics {
 impl StubMetrics {
     /// The whole exposition.
     /// The whole exposition; `front_door_open` is the number of open front-door connections.
-    pub fn render(&self, registry: &Registry, front_door_open: usize) -> String {
+    pub fn render(&self, registry: &Registry, front_door_open: usize, hub: &HubSummary) -> String {
         let mut text = Text::default();
+        text.family("tether_hub_members", "gauge", "Replicas of the hub as this one sees them (itself included).");
+        text.sample("tether_hub_members", &[], hub.members.len() as f64);
+        text.family(
+            "tether_hub_peer_links",
+            "gauge",
+            "Peer links up, by peer and direction (in: the peer's routes are here; out: this replica's clusters are announced there).",
+        );
+        for (peer, _) in &hub.linked_in {
+            text.sample("tether_hub_peer_links", &[("peer", peer), ("direction", "in")], 1.0);
+        }
+        for peer in &hub.linked_out {
+            text.sample("tether_hub_peer_links", &[("peer", peer), ("direction", "out")], 1.0);
+        }
+        text.family(
+            "tether_hub_clusters",
+            "gauge",
+            "Clusters this replica can reach: direct (an agent connection here), peer (some peer holds one), reachable (either).",
+        );
+        text.sample("tether_hub_clusters", &[("via", "direct")], hub.direct as f64);
+        text.sample("tether_hub_clusters", &[("via", "peer")], hub.through_peers as f64);
+        text.sample("tether_hub_clusters", &[("via", "reachable")], hub.reachable as f64);
         text.family("tether_front_door_connections", "gauge", "Open front-door connections (users and services).");
         text.sample("tether_front_door_connections", &[], front_door_open as f64);
         let agents = registry.all();

@@ -148,6 +148,7 @@ impl Stub {
             replica: replica.id.clone(),
             members: replica.members(),
             peers: peer_routes::PeerRoutes::default(),
+            linked_out: Default::default(),
         };
         let stub_metrics_for_connections = stub_metrics.clone();
         let state = Arc::new(StubState {
@@ -205,12 +206,19 @@ impl Stub {
         let tracker = TaskTracker::new();
         // The admin listener answers through the drain, and stops last.
         let admin_stop = CancellationToken::new();
+        // Not ready from the moment shutdown begins, so a load balancer sends nothing new.
+        let readiness = admin::Readiness::ready();
         if let Some(listener) = self.admin {
             let (scraped, connections) = (self.state.clone(), self.connections.clone());
+            let described = self.state.clone();
             let site = admin::Site {
-                readiness: admin::Readiness::ready(),
-                not_ready: "not serving\n",
-                metrics: Arc::new(move || scraped.metrics.render(&scraped.registry, connections.open())),
+                readiness: readiness.clone(),
+                not_ready: "not serving (shutting down)\n",
+                ready_detail: Some(Arc::new(move || described.hub.summary(&described.registry).to_string())),
+                metrics: Arc::new(move || {
+                    let hub = scraped.hub.summary(&scraped.registry);
+                    scraped.metrics.render(&scraped.registry, connections.open(), &hub)
+                }),
             };
             tokio::spawn(admin::serve(listener, site, admin_stop.clone()));
         }
@@ -236,6 +244,7 @@ impl Stub {
         let hub_tracker = TaskTracker::new();
         self.replica.start(self.state.clone(), self.state.metrics.clone(), admin_stop.clone(), &hub_tracker);
         shutdown.await;
+        readiness.set(false);
         tracing::info!("shutting down: draining the front door, then closing agent connections");
         cancel.cancel();
         let _ = front.await;

@@ -261,6 +261,7 @@ impl LinkOut {
             Err(e) => return Err(conn.explain_failure(&e)),
         }
         tracing::info!("peer link up");
+        self.state.hub.set_linked_out(&self.replica, true);
         let mut held = self.state.registry.held();
         let mut announced = BTreeSet::new();
         let streams = tokio_util::task::TaskTracker::new();
@@ -284,6 +285,7 @@ impl LinkOut {
                 }
             }
         };
+        self.state.hub.set_linked_out(&self.replica, false);
         conn.close(AppCode::Normal, "link ended");
         Ok(lost)
     }

@@ -27,9 +27,9 @@ pub enum Control {
     /// Stub -> agent: no new stream will be routed to this connection. Streams opened before
     /// this frame may still arrive and are served; after it the agent can count down to zero.
     DrainAck,
-    /// Stub -> agent: the hub now has this many replicas (sent when it changes), so the agent
-    /// knows how many distinct replicas it can be connected to.
-    Members { count: u32 },
+    /// Stub -> agent: the hub's replicas now (sent when they change), so the agent knows how
+    /// many distinct replicas it can be connected to, and which ones are new.
+    Members { replicas: Vec<String> },
 }
 
 /// The agent's introduction. The stub checks `cluster` against the certificate's whitelist entry.
@@ -52,8 +52,8 @@ pub struct Welcome {
     /// The id of the stub replica that welcomed the agent: an agent holds connections to
     /// distinct replicas, and closes a second one to the same replica.
     pub replica: String,
-    /// How many replicas the hub has now (1 for a stub that runs alone).
-    pub members: u32,
+    /// The hub's replicas now (the one that welcomed alone, for a stub that runs alone).
+    pub members: Vec<String>,
 }
 
 /// Messages on a peer link's control stream. A peer link is dialled by the replica that holds
@@ -234,12 +234,19 @@ mod tests {
                 agent_name: n,
                 build: b
             })),
-            (any::<u32>(), any::<u64>(), ".{0,40}", ".{0,40}", any::<u32>()).prop_map(|(v, id, b, r, m)| {
-                Control::Welcome(Welcome { protocol_version: v, connection_id: id, build: b, replica: r, members: m })
-            }),
+            (any::<u32>(), any::<u64>(), ".{0,40}", ".{0,40}", proptest::collection::vec("[a-z0-9-]{1,20}", 0..8))
+                .prop_map(|(v, id, b, r, m)| {
+                    Control::Welcome(Welcome {
+                        protocol_version: v,
+                        connection_id: id,
+                        build: b,
+                        replica: r,
+                        members: m,
+                    })
+                }),
             Just(Control::Drain),
             Just(Control::DrainAck),
-            any::<u32>().prop_map(|count| Control::Members { count }),
+            proptest::collection::vec("[a-z0-9-]{1,20}", 0..8).prop_map(|replicas| Control::Members { replicas }),
         ]
     }
 

@@ -129,12 +129,13 @@ mod tests {
     async fn frames_read_on_their_own_task_arrive_in_order_then_the_end() {
         let (mut a, b) = tokio::io::duplex(64);
         let mut frames = read_frames::<Control, _>(b);
-        for frame in [Control::Drain, Control::Members { count: 3 }, Control::DrainAck] {
+        let members = Control::Members { replicas: vec!["a".into(), "b".into()] };
+        for frame in [Control::Drain, members.clone(), Control::DrainAck] {
             write_frame(&mut a, &frame).await.unwrap();
         }
         drop(a);
         assert_eq!(frames.recv().await.unwrap().unwrap(), Control::Drain);
-        assert_eq!(frames.recv().await.unwrap().unwrap(), Control::Members { count: 3 });
+        assert_eq!(frames.recv().await.unwrap().unwrap(), members);
         assert_eq!(frames.recv().await.unwrap().unwrap(), Control::DrainAck);
         assert!(matches!(frames.recv().await, Some(Err(WireError::Closed))));
         assert!(frames.recv().await.is_none());

@@ -30,11 +30,24 @@ impl Replica {
     /// Starts replica `id` on `ip` with `members` (`static:...` or `kubernetes:NS`), its peer
     /// port `peer_port` (0: any), and `extra` flags. Waits until it listens.
     pub async fn start(pki: &Pki, id: &str, ip: &str, members: &str, peer_port: u16, extra: &[&str]) -> Replica {
+        Replica::start_with_agents_on(pki, id, ip, &format!("{ip}:0"), members, peer_port, extra).await
+    }
+
+    /// Like [`Replica::start`], with the agent listener (QUIC and TCP) on `quic`.
+    pub async fn start_with_agents_on(
+        pki: &Pki,
+        id: &str,
+        ip: &str,
+        quic: &str,
+        members: &str,
+        peer_port: u16,
+        extra: &[&str],
+    ) -> Replica {
         let any = format!("{ip}:0");
         let peer = format!("{ip}:{peer_port}");
         let mut args = vec!["--id", id, "--members", members, "--peer-listen", &peer, "--admin-listen", &any];
         args.extend_from_slice(extra);
-        let mut stub = StubProc::start_at(pki, &any, &any, &args).await;
+        let mut stub = StubProc::start_at(pki, quic, &any, &args).await;
         let line = stub.proc.wait_for("admin listening").await;
         let admin = super::admin::admin_addr(&line);
         Replica { id: id.to_owned(), ip: ip.to_owned(), stub, admin }

@@ -61,11 +61,21 @@ pub fn start_load(
     workers: usize,
     posts: bool,
 ) -> (Arc<Outcomes>, Vec<tokio::task::JoinHandle<()>>) {
+    start_load_at(pki, &format!("{}/clusters/dev/echo", stub.url), workers, posts)
+}
+
+/// Like [`start_load`], to the echo endpoint at `base` (`https://HOST:PORT/clusters/C/echo`).
+pub fn start_load_at(
+    pki: &Pki,
+    base: &str,
+    workers: usize,
+    posts: bool,
+) -> (Arc<Outcomes>, Vec<tokio::task::JoinHandle<()>>) {
     let outcomes = Arc::new(Outcomes::default());
     let handles = (0..workers)
         .map(|w| {
             let (client, outcomes) = (front_client(pki, w % 2 == 0), outcomes.clone());
-            let base = format!("{}/clusters/dev/echo", stub.url);
+            let base = base.to_owned();
             tokio::spawn(async move {
                 let mut n = 0u64;
                 while !outcomes.stop.load(Ordering::SeqCst) {

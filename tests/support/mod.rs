@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod hub;
 pub mod kube;
+pub mod lb;
 pub mod link;
 pub mod load;
 pub mod upstream;
@@ -130,6 +131,11 @@ impl Proc {
     /// the PID is tether's own).
     pub fn spawn_in_netns(name: &str, netns: &str, args: &[&str]) -> Proc {
         Proc::spawn_command(name, Command::new("ip").args(["netns", "exec", netns, tether_bin()]).args(args))
+    }
+
+    /// Any program (not tether), its output collected the same way.
+    pub fn spawn_any(name: &str, command: &mut Command) -> Proc {
+        Proc::spawn_command(name, command)
     }
 
     fn spawn_command(name: &str, command: &mut Command) -> Proc {
