@@ -4,8 +4,8 @@
 //! as quinn measures it (RTT, congestion window, packets sent and lost): link quality per agent.
 
 use super::hop::HopTo;
+use super::hub_view::HubSummary;
 use super::registry::Registry;
-use super::state::HubSummary;
 use crate::metrics::{self, CounterVec, DURATION_BUCKETS, HistogramVec, Text};
 
 /// Counters kept as requests happen; gauges are read from the registry at scrape time.

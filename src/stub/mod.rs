@@ -29,6 +29,7 @@ pub mod connections;
 pub mod forward;
 pub mod front_door;
 pub mod hop;
+pub mod hub_view;
 pub mod limits;
 pub mod metrics;
 pub mod peer_links;
@@ -144,7 +145,7 @@ impl Stub {
             replica::Replica::prepare(config.replica, &ca, &chain, &key, &config.tuning, stub_metrics.clone())
                 .await
                 .context("starting this stub as a replica of the hub")?;
-        let hub = state::HubView {
+        let hub = hub_view::HubView {
             replica: replica.id.clone(),
             members: replica.members(),
             peers: peer_routes::PeerRoutes::default(),
