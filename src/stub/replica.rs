@@ -67,7 +67,7 @@ pub enum ReplicaError {
 enum Source {
     Alone,
     Static,
-    Leases(LeaseMembership),
+    Leases(Box<LeaseMembership>),
 }
 
 /// A replica whose peer listener is bound and whose membership source is ready.
@@ -145,7 +145,7 @@ impl Replica {
                     renew_every: LEASE_RENEW,
                 };
                 let leases = LeaseMembership::connect(config).await.context("membership through Kubernetes Leases")?;
-                (watch::channel(Members::from([(id.clone(), advertise)])).0, Source::Leases(leases))
+                (watch::channel(Members::from([(id.clone(), advertise)])).0, Source::Leases(Box::new(leases)))
             }
         };
         Ok(Replica { id, members, source, listener: Some(listener), dial_tls: Some(dial_tls), tuning: tuning.clone() })
