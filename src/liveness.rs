@@ -203,6 +203,26 @@ pub async fn watch(liveness: Arc<Liveness>, conn: Connection, observer: impl Obs
     }
 }
 
+/// Completes when nothing has arrived on `conn` for `silent_for` (checked at a sixth of it).
+/// For a side that watches its connections all the time (an agent has a couple): both ends'
+/// keep-alives (a third of the idle timeout) make a live peer heard at least that often, so
+/// two of them missed says the peer is gone, well before the idle timeout would.
+pub async fn silent_for(conn: &Connection, silent_for: Duration) {
+    let mut heard = conn.heard();
+    let mut since = Instant::now();
+    let mut ticks = tokio::time::interval(silent_for / 6);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let now = conn.heard();
+        if now != heard {
+            (heard, since) = (now, Instant::now());
+        } else if since.elapsed() >= silent_for {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,6 +53,8 @@ pub struct Slots {
     pub metrics: Arc<AgentMetrics>,
     /// How long a replaced connection may take to finish its requests.
     pub grace: Duration,
+    /// A connection silent this long is given up (see [`crate::liveness::silent_for`]).
+    pub dead_after: Duration,
     pub cancel: CancellationToken,
     replicas: Mutex<Replicas>,
     /// The hub's replicas as last heard: slots with nothing to hold wait on them.
@@ -71,6 +73,7 @@ impl Slots {
         readiness: Readiness,
         metrics: Arc<AgentMetrics>,
         grace: Duration,
+        dead_after: Duration,
         cancel: CancellationToken,
     ) -> Arc<Slots> {
         Arc::new(Slots {
@@ -80,6 +83,7 @@ impl Slots {
             readiness,
             metrics,
             grace,
+            dead_after,
             cancel,
             replicas: Mutex::new(Replicas::new(k)),
             members: watch::Sender::new(Vec::new()),
@@ -382,9 +386,14 @@ impl DialLoop {
         let stop = CancellationToken::new();
         let slots = self.slots.clone();
         let task = tokio::spawn(
-            session::serve(session, self.slots.forwarder.clone(), stop.clone(), self.slots.grace, move |replicas| {
-                slots.members_changed(replicas)
-            })
+            session::serve(
+                session,
+                self.slots.forwarder.clone(),
+                stop.clone(),
+                self.slots.grace,
+                move |replicas| slots.members_changed(replicas),
+                self.slots.dead_after,
+            )
             .instrument(span),
         );
         Serving { task, stop, transport }

@@ -140,6 +140,9 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         readiness,
         agent_metrics,
         config.grace,
+        // Two keep-alive intervals (a third of the idle timeout each) and a margin: see
+        // `liveness::silent_for`.
+        config.tuning.idle_timeout * 2 / 3 + Duration::from_millis(500),
         cancel,
     );
     let loops: Vec<_> = dialers

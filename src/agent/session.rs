@@ -91,8 +91,11 @@ pub async fn serve(
     stop: CancellationToken,
     grace: Duration,
     on_members: impl Fn(Vec<String>) + Send,
+    dead_after: Duration,
 ) -> SessionEnd {
     let Session { conn, mut control, control_recv, connection_id, .. } = session;
+    let silent = crate::liveness::silent_for(&conn, dead_after);
+    tokio::pin!(silent);
     let mut frames = read_frames::<Control, _>(control_recv);
     let mut control_open = true;
     let streams = TaskTracker::new();
@@ -113,6 +116,11 @@ pub async fn serve(
                     Some(Err(_)) | None => control_open = false,
                 }
                 continue;
+            }
+            _ = &mut silent => {
+                let reason = format!("the stub was silent for {dead_after:?} (gone, or the path to it)");
+                conn.close(AppCode::Timeout, &reason);
+                return SessionEnd::Lost { reason };
             }
             _ = stop.cancelled() => break,
         };
@@ -188,9 +196,18 @@ async fn drain(
         }
     }
     // Finishing the control stream tells the stub we sent our last response; it closes the
-    // connection once it has received them all. Closing here at once could lose their tails.
+    // connection once every request it routed here is answered. Closing here at once could
+    // lose their tails. A request it routed in the instant before it heard the drain may still
+    // arrive after the acknowledgement (a busy stub, a slow path): it is served too, until the
+    // stub closes.
     control.finish();
-    if tokio::time::timeout_at(deadline, conn.closed()).await.is_err() {
+    let served_to_the_end = tokio::time::timeout_at(deadline, async {
+        while let Ok((send, recv)) = conn.accept_stream().await {
+            tracing::debug!("a request routed just before the drain arrived late; serving it");
+            streams.spawn(serve_stream(forwarder.clone(), send, recv, watches_end.clone()));
+        }
+    });
+    if served_to_the_end.await.is_err() {
         tracing::warn!("the stub did not close the drained connection within the grace period");
     }
     conn.close(AppCode::Draining, "agent shutting down");
