@@ -31,7 +31,7 @@ use support::{FrontClient, PATIENCE, Pki, Proc, front_client};
 
 const IPS: [&str; 4] = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"];
 /// Clusters with two agents each, and one with a single agent holding a single connection.
-const CLUSTERS: [&str; 8] = ["c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8"];
+const CLUSTERS: [&str; 8] = ["dev", "c2", "c3", "c4", "c5", "c6", "c7", "c8"];
 
 struct Hub {
     pki: Pki,
@@ -207,7 +207,8 @@ async fn replicas_behind_load_balancers_share_agents_forward_and_survive_a_kill_
     eprintln!("all {} agents on distinct replicas after {took:?}", hub.agents.len());
 
     // Every cluster through every front door, and through haproxy.
-    let client = front_client(&hub.pki, false);
+    let everywhere: Vec<&str> = CLUSTERS.iter().copied().chain(["solo"]).collect();
+    let client = front_client(&hub.pki, false).with_token(Some(hub.pki.token("tester", &[], &everywhere)));
     for replica in hub.replicas.values() {
         every_cluster_answers(&client, &replica.stub.url).await;
     }
@@ -230,7 +231,7 @@ async fn replicas_behind_load_balancers_share_agents_forward_and_survive_a_kill_
     // kill -9 of the replica holding "solo", under load through haproxy.
     let solo_on = hub.agent_replicas().await.last().unwrap()[0].clone();
     let victim_index: usize = solo_on[1..].parse::<usize>().unwrap() - 1;
-    let (outcomes, load) = start_load_at(&hub.pki, &format!("{}/clusters/c1/echo", users.url()), 6, true);
+    let (outcomes, load) = start_load_at(&hub.pki, &format!("{}/clusters/dev/echo", users.url()), 6, true);
     let watches = start_watches(&client, &users.url(), 4);
     outcomes.wait_ok(100).await;
     let killed_at = Instant::now();
@@ -297,7 +298,8 @@ fn start_watches(client: &FrontClient, base: &str, n: usize) -> Vec<tokio::task:
     (0..n)
         .map(|i| {
             let client = client.clone();
-            let url: http::Uri = format!("{base}/clusters/c{}/watch?watch=1", i + 1).parse().unwrap();
+            let url: http::Uri =
+                format!("{base}/clusters/{}/watch?watch=1", CLUSTERS[i % CLUSTERS.len()]).parse().unwrap();
             tokio::spawn(async move {
                 if let Ok(response) = client.get(url).await {
                     let mut body = response.into_body();

@@ -646,3 +646,77 @@ async fn a_second_cluster_with_a_node_is_refused_and_the_first_one_runs_on() {
         .await;
     assert_eq!(ready.trim(), "True");
 }
+
+/// `tether hub`'s manifest as real pods: two stub replicas from the tether image, ready by their
+/// own `/readyz`, each holding a Lease in the hub's namespace (in-cluster credentials, the Role
+/// the manifest grants) and linked to the other over the pod network.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_manifest_runs_two_replicas_that_find_each_other_through_leases() {
+    let Some(cluster) = node().await else { return };
+    let pki = Pki::new();
+    let namespace = unique("hub");
+    let manifest = tether(&[
+        "hub",
+        "--certs",
+        pki.path().to_str().unwrap(),
+        "--namespace",
+        &namespace,
+        "--replicas",
+        "2",
+        "--image",
+        &tether_image(),
+        "--kubernetes-version",
+        "1.20",
+        "--agent-service-type",
+        "ClusterIP",
+        "--user-service-type",
+        "ClusterIP",
+    ]);
+    cluster.apply_as_admin(&manifest).await;
+    let rollout = cluster
+        .admin(&["rollout", "status", "-n", &namespace, "deployment/tether-stub", &format!("--timeout={POD_PATIENCE}")])
+        .await;
+    assert!(rollout.contains("successfully rolled out"), "{rollout}");
+    // Each replica's Lease, named after its pod, with the pod's address as its peer address.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let (pods, leases) = loop {
+        let pods: Value = serde_json::from_str(
+            &cluster
+                .admin(&["get", "pods", "-n", &namespace, "-l", "app.kubernetes.io/name=tether-stub", "-o", "json"])
+                .await,
+        )
+        .unwrap();
+        let leases: Value =
+            serde_json::from_str(&cluster.admin(&["get", "leases", "-n", &namespace, "-o", "json"]).await).unwrap();
+        if leases["items"].as_array().unwrap().len() == 2 {
+            break (pods, leases);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "two Leases never appeared: {leases}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    for pod in pods["items"].as_array().unwrap().iter().filter(|p| p["metadata"]["deletionTimestamp"].is_null()) {
+        let name = str_at(pod, "metadata.name");
+        let lease = leases["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["spec"]["holderIdentity"] == name)
+            .unwrap_or_else(|| panic!("no Lease held by {name}: {leases}"));
+        assert_eq!(
+            lease["metadata"]["annotations"]["tether.io/peer-address"],
+            format!("{}:7444", str_at(pod, "status.podIP")),
+            "{lease}"
+        );
+        // Linked both ways with the other replica, as its log says.
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let logs = cluster.admin(&["logs", "-n", &namespace, name]).await;
+            if logs.contains("peer link up") && logs.contains("peer linked in") {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{name} never linked to its peer:\n{logs}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    cluster.admin(&["delete", "namespace", &namespace, "--wait=false"]).await;
+}

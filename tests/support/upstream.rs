@@ -236,7 +236,10 @@ async fn serve(seen: Arc<Seen>, mut req: Request<Incoming>) -> Result<Response<B
             })
             .map(|(name, value)| format!("{name}={}", value.to_str().unwrap()))
             .collect();
-        let body = req.into_body().collect().await.unwrap().to_bytes();
+        // A body cut off (its caller or a replica on the way killed) ends the request here.
+        let Ok(body) = req.into_body().collect().await.map(|b| b.to_bytes()) else {
+            return Ok(Response::new(tether::bridge::empty()));
+        };
         response = response
             .header("x-method", method)
             .header("x-uri", uri)
