@@ -120,3 +120,40 @@ async fn bench_agents_connects_simulated_agents_and_puts_the_whitelist_back() {
     stub.proc.wait_for_count("agent connected", 50).await;
     assert_eq!(std::fs::read_to_string(pki.dir.whitelist()).unwrap(), original, "the whitelist is as it was");
 }
+
+#[tokio::test]
+async fn bench_agents_with_reconnect_reports_how_the_swarm_healed_after_a_stub_restart() {
+    let pki = Pki::new();
+    let original = std::fs::read_to_string(pki.dir.whitelist()).unwrap();
+    let mut stub = StubProc::start_with(&pki, &["--audit-log", "off"]).await;
+    let agents = 40;
+    let certs = pki.path().to_str().unwrap().to_owned();
+    let args = ["bench", "--agents", &agents.to_string(), "--certs", &certs, "--stub", &stub.quic];
+    let extra = ["--server-name", "localhost", "--reconnect", "-d", "60s", "--json", "--quiet"];
+    let bench = tokio::process::Command::new(tether_bin())
+        .args(args.iter().chain(&extra))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let bench = tokio::spawn(bench);
+    stub.proc.wait_for_count("agent connected", agents).await;
+
+    // The restart: SIGTERM (each agent is told the stub is going away), then a new stub where
+    // the old one was. The swarm ends by itself once every agent is back and stays so for 5 s.
+    stub.proc.signal("TERM");
+    stub.proc.wait_exit().await;
+    let mut again = StubProc::start_at(&pki, &stub.quic, "127.0.0.1:0", &["--audit-log", "off"]).await;
+    again.proc.wait_for_count("agent connected", agents).await;
+    let output =
+        tokio::time::timeout(support::PATIENCE, bench).await.expect("the swarm ends once healed").unwrap().unwrap();
+    let swarm = report(&output);
+
+    let storm = &swarm["storm"];
+    assert_eq!(storm["disconnections"], agents as u64, "{swarm:#}");
+    assert_eq!(storm["connected_at_end"], agents as u64, "{swarm:#}");
+    assert!(storm["heal_s"].as_f64().is_some_and(|s| s > 0.0 && s < 30.0), "{swarm:#}");
+    assert_eq!(swarm["lost"], serde_json::json!({"going_away": agents}), "each loss named by its kind");
+    assert!(storm["redials"].as_u64().unwrap() >= agents as u64, "{swarm:#}");
+    assert_eq!(std::fs::read_to_string(pki.dir.whitelist()).unwrap(), original, "the whitelist is as it was");
+}

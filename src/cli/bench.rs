@@ -32,8 +32,8 @@ pub struct BenchArgs {
     /// Use HTTP/1.1 (one connection per request in flight) instead of HTTP/2.
     #[arg(long)]
     http1: bool,
-    /// How long to run.
-    #[arg(long, short = 'd', default_value = "10s", value_parser = humantime::parse_duration)]
+    /// How long to run (with --agents: how long to hold the connections, --hold).
+    #[arg(long, short = 'd', visible_alias = "hold", default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
     /// Stop after this many requests instead (within --duration).
     #[arg(long, short = 'n')]
@@ -77,9 +77,26 @@ pub struct BenchArgs {
     /// Certificate directory of the stub (ca.crt, ca.key, whitelist), for --agents.
     #[arg(long)]
     certs: Option<PathBuf>,
-    /// The stub's QUIC address HOST:PORT, for --agents.
-    #[arg(long)]
-    stub: Option<String>,
+    /// The stub's QUIC address HOST:PORT, for --agents; several (repeated or comma-separated)
+    /// spread the agents over them in turn.
+    #[arg(long, value_delimiter = ',')]
+    stub: Vec<String>,
+    /// With --agents: redial lost connections with backoff, as real agents do, and report how
+    /// the swarm healed (for a stub restart under load). The run ends once every agent is
+    /// connected again after a loss and stays so for 5 s, or at the end of --hold.
+    #[arg(long, requires = "agents")]
+    reconnect: bool,
+    /// With --reconnect: first redial delay (doubles up to --backoff-max, with jitter).
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    backoff_min: Duration,
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    backoff_max: Duration,
+    /// With --agents: simulated agents sharing one QUIC endpoint (UDP socket).
+    #[arg(long, default_value_t = crate::bench::swarm::AGENTS_PER_ENDPOINT, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    agents_per_endpoint: usize,
+    /// With --agents: dials in flight at once while the agents first connect.
+    #[arg(long, default_value_t = crate::bench::swarm::START_DIALS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    start_dials: usize,
     /// Cluster of the simulated agents.
     #[arg(long, default_value = "swarm")]
     cluster: String,
@@ -87,8 +104,9 @@ pub struct BenchArgs {
     #[arg(long)]
     server_name: Option<String>,
     /// The stub's process id: its resident memory is read before and after the agents connect.
-    #[arg(long)]
-    stub_pid: Option<u32>,
+    /// With several --stub, one per stub in the same order.
+    #[arg(long, value_delimiter = ',')]
+    stub_pid: Vec<u32>,
 }
 
 impl BenchArgs {
@@ -99,16 +117,18 @@ impl BenchArgs {
         }
         let json = self.json;
         if let Some(agents) = self.agents {
-            let stub = self.stub.expect("clap requires --stub");
             let config = SwarmConfig {
                 certs: CertDir::new(self.certs.expect("clap requires --certs")),
-                server_name: self.server_name.unwrap_or_else(|| crate::transport::host_of(&stub).to_owned()),
-                stub,
+                server_name: self.server_name.unwrap_or_else(|| crate::transport::host_of(&self.stub[0]).to_owned()),
+                stubs: self.stub,
                 cluster: self.cluster,
                 agents,
                 hold: self.duration,
-                stub_pid: self.stub_pid,
+                stub_pids: self.stub_pid,
                 progress: !self.quiet,
+                reconnect: self.reconnect.then_some((self.backoff_min, self.backoff_max)),
+                agents_per_endpoint: self.agents_per_endpoint,
+                start_dials: self.start_dials,
             };
             let report = crate::bench::swarm::run(config).await?;
             return print_report(json, &report, report.table());

@@ -35,8 +35,8 @@ pub enum TlsError {
         #[source]
         source: rustls::Error,
     },
-    /// The CA could not be turned into a client verifier.
-    #[error("cannot build the agent certificate verifier from the CA")]
+    /// The CA could not be turned into a certificate verifier.
+    #[error("cannot build a certificate verifier from the CA")]
     Verifier(#[source] rustls::server::VerifierBuilderError),
 }
 
@@ -99,6 +99,46 @@ pub fn agent_dialer(
         })?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(config)
+}
+
+/// What many agents in one process share toward the stub: one crypto provider and one server
+/// verifier (the stub must chain to the tether CA). For `tether bench --agents`, whose thousands
+/// of simulated agents each need a certificate of their own but nothing else of their own.
+#[derive(Clone)]
+pub struct SharedDialerTls {
+    provider: Arc<CryptoProvider>,
+    verifier: Arc<rustls::client::WebPkiServerVerifier>,
+}
+
+impl SharedDialerTls {
+    pub fn new(ca: &[CertificateDer<'static>]) -> Result<SharedDialerTls, TlsError> {
+        let provider = provider();
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(roots(ca)?, provider.clone())
+            .build()
+            .map_err(TlsError::Verifier)?;
+        Ok(SharedDialerTls { provider, verifier })
+    }
+
+    /// What [`agent_dialer`] gives, sharing the provider and verifier, and without a session
+    /// cache (a few KiB each; the stub sends no tickets anyway, see [`agent_listener`]).
+    pub fn agent_dialer(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<ClientConfig, TlsError> {
+        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|source| TlsError::Rustls { what: "TLS 1.3 is not available", source })?
+            .with_webpki_verifier(self.verifier.clone())
+            .with_client_auth_cert(chain, key)
+            .map_err(|source| TlsError::Rustls {
+                what: "the agent certificate and key do not form a usable pair",
+                source,
+            })?;
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        config.resumption = rustls::client::Resumption::disabled();
+        Ok(config)
+    }
 }
 
 /// The front door's TLS for users and services: HTTP/2 and HTTP/1.1 by ALPN. A client

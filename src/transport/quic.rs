@@ -124,3 +124,22 @@ pub fn client_config(tls: rustls::ClientConfig, tuning: &Tuning) -> std::io::Res
     config.transport_config(transport(tuning, tuning.max_request_streams));
     Ok(config)
 }
+
+/// Client configurations that share one transport configuration: for many dialers in one
+/// process, each with a certificate of its own (`tether bench --agents`).
+#[derive(Clone)]
+pub struct SharedClientTransport(Arc<TransportConfig>);
+
+impl SharedClientTransport {
+    pub fn new(tuning: &Tuning) -> SharedClientTransport {
+        SharedClientTransport(transport(tuning, tuning.max_request_streams))
+    }
+
+    /// What [`client_config`] gives, with the shared transport configuration.
+    pub fn client_config(&self, tls: rustls::ClientConfig) -> std::io::Result<quinn::ClientConfig> {
+        let crypto = QuicClientConfig::try_from(tls).map_err(std::io::Error::other)?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(self.0.clone());
+        Ok(config)
+    }
+}
