@@ -29,7 +29,7 @@ use super::transport_choice::{QUIC_FAILURES_BEFORE_TCP, TransportChoice};
 use crate::admin::Readiness;
 use crate::backoff::Backoff;
 use crate::transport::Transport;
-use crate::transport::dial::Dialer;
+use crate::transport::dial::{DialFailure, Dialer};
 use crate::wire::codes::AppCode;
 
 /// A connection that lasted this long was healthy: the next failure starts backoff afresh.
@@ -152,9 +152,10 @@ impl DialLoop {
             attempt += 1;
             let (session, address) = match dialled {
                 Ok(dialled) => dialled,
-                Err(reason) => {
-                    let delay = self.backoff.next_delay();
-                    tracing::warn!(retry_in = ?delay, fingerprint = %certificate.fingerprint, %transport, slot = self.slot, "cannot connect to stub: {reason}");
+                Err(failure) => {
+                    // A stub too busy to take the dial gets more room (see `backoff`).
+                    let delay = if failure.busy { self.backoff.next_busy_delay() } else { self.backoff.next_delay() };
+                    tracing::warn!(retry_in = ?delay, fingerprint = %certificate.fingerprint, %transport, slot = self.slot, "cannot connect to stub: {failure}");
                     if self.choice.dial_failed() {
                         tracing::info!(
                             "QUIC failed {QUIC_FAILURES_BEFORE_TCP} times in a row; trying the TCP fallback"
@@ -219,7 +220,7 @@ impl DialLoop {
         certificate: &AgentCertificate,
         transport: Transport,
         attempt: usize,
-    ) -> Result<(Session, SocketAddr), String> {
+    ) -> Result<(Session, SocketAddr), DialFailure> {
         let addresses = self.dialer.resolve().await?;
         let address = self.slots.replicas().prefer(self.slot, &addresses, attempt).unwrap_or(addresses[0]);
         let conn = self.dialer.dial_to(address, &certificate.tls, transport).await?;

@@ -14,6 +14,42 @@ use super::{Connection, Transport, explain};
 /// A TCP dial (connect and both handshakes) that takes longer has failed.
 const TCP_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A dial that failed: the reason in plain words, and whether the listener refused it for
+/// being busy (too many handshakes in progress), which calls for a longer wait before the next
+/// ([`crate::backoff::Backoff::next_busy_delay`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialFailure {
+    pub words: String,
+    pub busy: bool,
+}
+
+impl DialFailure {
+    /// The failure a QUIC dial ended with.
+    pub fn of_quic(e: &quinn::ConnectionError) -> DialFailure {
+        let busy = matches!(e, quinn::ConnectionError::ConnectionClosed(close)
+            if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED);
+        DialFailure { words: explain::closed(e), busy }
+    }
+}
+
+impl From<String> for DialFailure {
+    fn from(words: String) -> DialFailure {
+        DialFailure { words, busy: false }
+    }
+}
+
+impl From<DialFailure> for String {
+    fn from(failure: DialFailure) -> String {
+        failure.words
+    }
+}
+
+impl std::fmt::Display for DialFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.words)
+    }
+}
+
 /// What a dialer presents: one certificate, configured for each transport.
 #[derive(Clone)]
 pub struct ClientTls {
@@ -86,24 +122,29 @@ impl Dialer {
     /// One connection over `transport` to the first address the name resolves to, its
     /// handshakes done. In TLS 1.3 that does not yet mean the listener accepted the
     /// certificate: the first frame on the control stream tells.
-    pub async fn dial(&self, tls: &ClientTls, transport: Transport) -> Result<Connection, String> {
+    pub async fn dial(&self, tls: &ClientTls, transport: Transport) -> Result<Connection, DialFailure> {
         let addr = self.resolve().await?[0];
         self.dial_to(addr, tls, transport).await
     }
 
     /// One connection over `transport` to `addr` (one of [`Dialer::resolve`]'s).
-    pub async fn dial_to(&self, addr: SocketAddr, tls: &ClientTls, transport: Transport) -> Result<Connection, String> {
+    pub async fn dial_to(
+        &self,
+        addr: SocketAddr,
+        tls: &ClientTls,
+        transport: Transport,
+    ) -> Result<Connection, DialFailure> {
         match transport {
             Transport::Quic => {
                 let connecting = self
                     .endpoint()
                     .connect_with(tls.quic.clone(), addr, &self.server_name)
                     .map_err(|e| format!("cannot dial {addr}: {e}"))?;
-                Ok(Connection::Quic(connecting.await.map_err(|e| explain::closed(&e))?))
+                Ok(Connection::Quic(connecting.await.map_err(|e| DialFailure::of_quic(&e))?))
             }
-            Transport::Tcp => tokio::time::timeout(TCP_DIAL_TIMEOUT, self.dial_tcp(tls, addr))
+            Transport::Tcp => Ok(tokio::time::timeout(TCP_DIAL_TIMEOUT, self.dial_tcp(tls, addr))
                 .await
-                .map_err(|_| format!("no answer over TCP from {addr} within {TCP_DIAL_TIMEOUT:?}"))?,
+                .map_err(|_| format!("no answer over TCP from {addr} within {TCP_DIAL_TIMEOUT:?}"))??),
         }
     }
 
@@ -133,5 +174,35 @@ fn any_endpoint() -> std::io::Result<quinn::Endpoint> {
     match quic::client_endpoint("[::]:0".parse().expect("valid address")) {
         Ok(endpoint) => Ok(endpoint),
         Err(_) => quic::client_endpoint("0.0.0.0:0".parse().expect("valid address")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quinn::{ConnectionClose, ConnectionError, TransportErrorCode};
+
+    fn closed(code: TransportErrorCode) -> ConnectionError {
+        ConnectionError::ConnectionClosed(ConnectionClose {
+            error_code: code,
+            frame_type: None,
+            reason: Default::default(),
+        })
+    }
+
+    #[test]
+    fn only_a_refusal_says_the_listener_is_busy() {
+        let refused = DialFailure::of_quic(&closed(TransportErrorCode::CONNECTION_REFUSED));
+        assert!(refused.busy, "{refused:?}");
+        assert!(!refused.words.is_empty());
+        for other in [
+            ConnectionError::TimedOut,
+            ConnectionError::Reset,
+            closed(TransportErrorCode::PROTOCOL_VIOLATION),
+            closed(TransportErrorCode::crypto(42)),
+        ] {
+            assert!(!DialFailure::of_quic(&other).busy, "{other:?}");
+        }
+        assert!(!DialFailure::from("no address".to_owned()).busy);
     }
 }

@@ -10,7 +10,9 @@
 //! gets a Retry (QUIC address validation: a small stateless packet with a token, which a real
 //! dialer echoes one round trip later), so no state is kept and nothing larger than what was
 //! received is sent to an address not proven to be the sender's. Validated handshakes in
-//! progress are capped at [`MAX_PENDING_HANDSHAKES`] and given [`HANDSHAKE_TIMEOUT`] each.
+//! progress are capped at [`MAX_PENDING_HANDSHAKES`] and given [`HANDSHAKE_TIMEOUT`] each; at
+//! the cap a new dialer is refused with one small packet before any Retry, so that the dialers
+//! of a storm back off instead of queueing handshakes that would time out.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -239,6 +241,15 @@ async fn accept_quic<F, Fut>(
         // None: the endpoint was closed.
         let Some(incoming) = incoming else { return };
         let remote = incoming.remote_address();
+        // Full: refuse at once, before the Retry. In a storm (a restart under thousands of
+        // agents) a dialer that would be refused anyway then costs one small packet, not a Retry
+        // and a second Initial; the refusal is smaller than the padded Initial it answers.
+        if pending.load(Ordering::Relaxed) >= MAX_PENDING_HANDSHAKES {
+            incoming.refuse();
+            events.refused("handshake_limit");
+            tracing::debug!(%remote, "too many handshakes in progress: refused a QUIC dialer");
+            continue;
+        }
         // Prove the address first: a Retry is stateless, and no bigger than what came in.
         if !incoming.remote_address_validated() {
             if incoming.retry().is_ok() {
