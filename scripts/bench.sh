@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench.sh: tether's performance, measured side by side in one run, with release binaries.
 #
-#   scripts/bench.sh [--quick] [--out DIR]
+#   scripts/bench.sh [--quick] [--out DIR] [--only PARTS]
 #
 # What it measures (each a ratio of two things measured here, now, on this machine):
 #   1. tunnel vs direct: small-GET latency and bulk throughput of `tether bench --serve` reached
@@ -10,11 +10,19 @@
 #      downloads (5 MB each, one at a time) share the tunnel, and their goodput;
 #   3. the stub's memory per agent connection (1,000 simulated agents) and per open stream (1,000
 #      held watches), and the agent's per open stream;
-#   4. time until a request succeeds again after a stub restart.
+#   4. time until a request succeeds again after a stub restart;
+#   5. the hub on three replicas (127.0.0.1, .2, .3, static members): the stubs' memory per agent
+#      connection and the time to connect 20,000 simulated agents (--quick: 3,000) spread over
+#      them, and requests per second through a replica that forwards over a peer link versus
+#      the replica that holds the agent;
+#   6. kill -9 of one of two agent replicas under steady GETs: the slowest request (the stall);
+#   7. a restart storm: 10,000 simulated agents (--quick: 2,000) on one stub that is restarted:
+#      how long until every agent is connected again, and its failed handshakes by kind.
 # Parts 1 and 2 need root (`tether link`: network namespaces and TUN devices); without it they are
 # skipped with the reason. Output: DIR/results.md (Markdown tables), DIR/results.json and
 # DIR/chart.png (if matplotlib can be installed into ~/.cache/tether/bench-venv). DIR defaults to
-# target/bench. Every process it starts is stopped (by PID) when it ends; the link takes its
+# target/bench. --only runs some parts (comma-separated: memory, reconnect, link, hub, stall,
+# storm). Every process it starts is stopped (by PID) when it ends; the link takes its
 # namespace down with it.
 set -euo pipefail
 
@@ -23,16 +31,25 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 . "$root/scripts/lib.sh"
 out=$root/target/bench
 quick=false
+only=
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) quick=true ;;
     --out) out=$2; shift ;;
+    --only) only=$2; shift ;;
     -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "usage: $PROG [--quick] [--out DIR]" >&2; exit 2 ;;
+    *) echo "usage: $PROG [--quick] [--out DIR] [--only memory,reconnect,link,hub,stall,storm]" >&2; exit 2 ;;
   esac
   shift
 done
 secs=$($quick && echo 4 || echo 10)
+hub_agents=$($quick && echo 3000 || echo 20000)
+storm_agents=$($quick && echo 2000 || echo 10000)
+# want PART: PART is to run (--only names it, or --only was not given).
+want() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }
+for part in ${only//,/ }; do
+  case $part in memory | reconnect | link | hub | stall | storm) ;; *) die "--only: no part called \"$part\"" ;; esac
+done
 
 log "building release binaries (cargo build --release)"
 cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin tether
@@ -42,13 +59,16 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/tether-bench.XXXXXX")
 # Stops what is still running, newest first (so a namespaced stub before its link), by PID.
 cleanup() {
   stop_spawned
-  rm -rf "$work"
+  [ -n "${TETHER_BENCH_KEEP:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-TETHER=$tether bash "$root/scripts/bootstrap-certs.sh" "$work/certs" dev >/dev/null
 certs=$work/certs
+# The stub certificate names every loopback address the hub's replicas use.
+"$tether" certs init --dir "$certs" >/dev/null
+"$tether" certs stub --dir "$certs" --san localhost --san 127.0.0.1 --san 127.0.0.2 --san 127.0.0.3 >/dev/null
+TETHER=$tether bash "$root/scripts/bootstrap-certs.sh" "$certs" dev >/dev/null
 
 # start NAME CMD...: CMD in the background (TETHER_LOG=info unless set), its log in
 # $work/NAME.log; sets $started to its PID. cleanup stops it unless stop_pid did.
@@ -92,51 +112,165 @@ loopback_stub() {
 }
 
 # ---- 3. memory (loopback) ------------------------------------------------------------------
-log "memory: 1,000 simulated agents against one stub"
-loopback_stub
-"$tether" bench --agents 1000 --certs "$certs" --stub "127.0.0.1:$quic_port" --server-name localhost \
-  --stub-pid "$stub_pid" -d 1s --json --quiet >"$work/swarm.json"
-record swarm "$(cat "$work/swarm.json")"
+if want memory; then
+  log "memory: 1,000 simulated agents against one stub"
+  loopback_stub
+  "$tether" bench --agents 1000 --certs "$certs" --stub "127.0.0.1:$quic_port" --server-name localhost \
+    --stub-pid "$stub_pid" -d 1s --json --quiet >"$work/swarm.json"
+  record swarm "$(cat "$work/swarm.json")"
 
-stop_pid "$stub_pid" stub
+  stop_pid "$stub_pid" stub
 
-log "memory: 1,000 held watches through one agent connection"
-loopback_stub
-start agent "$tether" agent --certs "$certs" --cluster dev --name agent-0 --stub "localhost:$quic_port" \
-  --upstream "http://127.0.0.1:$target_port"
-agent_pid=$started
-wait_log agent "connected to stub" "$agent_pid" >/dev/null
-stub_idle=$(rss_kib "$stub_pid"); agent_idle=$(rss_kib "$agent_pid")
-"$tether" bench --target "https://127.0.0.1:$https_port/clusters/dev" --token "$token" --ca "$certs/ca.crt" \
-  --mix watch --hold-watches -c 1000 --connections 2 -d 6s --json --quiet >"$work/watches.json" &
-bench_pid=$!
-sleep 4 # the watches are open by now (they open within a second); measured while they are held
-stub_busy=$(rss_kib "$stub_pid"); agent_busy=$(rss_kib "$agent_pid")
-wait "$bench_pid"
-held=$(jq_py "$work/watches.json" 'd["kinds"].get("watch", {}).get("count", 0)')
-[ "$held" -gt 0 ] || die "no watch was held open: $(cat "$work/watches.json")"
-record streams "{\"held\": $held, \"stub_kib_per_stream\": $(( (stub_busy - stub_idle) / held )), \"agent_kib_per_stream\": $(( (agent_busy - agent_idle) / held ))}"
+  log "memory: 1,000 held watches through one agent connection"
+  loopback_stub
+  start agent "$tether" agent --certs "$certs" --cluster dev --name agent-0 --stub "localhost:$quic_port" \
+    --upstream "http://127.0.0.1:$target_port"
+  agent_pid=$started
+  wait_log agent "connected to stub" "$agent_pid" >/dev/null
+  stub_idle=$(rss_kib "$stub_pid"); agent_idle=$(rss_kib "$agent_pid")
+  "$tether" bench --target "https://127.0.0.1:$https_port/clusters/dev" --token "$token" --ca "$certs/ca.crt" \
+    --mix watch --hold-watches -c 1000 --connections 2 -d 6s --json --quiet >"$work/watches.json" &
+  bench_pid=$!
+  sleep 4 # the watches are open by now (they open within a second); measured while they are held
+  stub_busy=$(rss_kib "$stub_pid"); agent_busy=$(rss_kib "$agent_pid")
+  wait "$bench_pid"
+  held=$(jq_py "$work/watches.json" 'd["kinds"].get("watch", {}).get("count", 0)')
+  [ "$held" -gt 0 ] || die "no watch was held open: $(cat "$work/watches.json")"
+  record streams "{\"held\": $held, \"stub_kib_per_stream\": $(( (stub_busy - stub_idle) / held )), \"agent_kib_per_stream\": $(( (agent_busy - agent_idle) / held ))}"
+  stop_pid "$agent_pid" agent; stop_pid "$stub_pid" stub
+fi
 
 # ---- 4. reconnect after a stub restart (loopback) -------------------------------------------
-log "reconnect: time until a request succeeds after the stub restarts"
-stop_pid "$stub_pid" stub
-start stub2 "$tether" stub --certs "$certs" --quic-listen "127.0.0.1:$quic_port" --https-listen "127.0.0.1:$https_port" \
-  --audit-log off
-stub_pid=$started
-t0=$(date +%s%N)
-wait_log stub2 "stub listening" "$stub_pid" >/dev/null
-ok=false
-for _ in $(seq 1 200); do
-  if curl -s -o /dev/null -w '%{http_code}' --noproxy '*' --cacert "$certs/ca.crt" -H "Authorization: Bearer $token" \
-    "https://127.0.0.1:$https_port/clusters/dev/small" | grep -q 200; then ok=true; break; fi
-  sleep 0.02
-done
-$ok || die "no request succeeded within 4 s of the stub restart"
-record reconnect "{\"ms\": $(( ($(date +%s%N) - t0) / 1000000 ))}"
-stop_pid "$stub_pid" stub2; stop_pid "$agent_pid" agent
+if want reconnect; then
+  log "reconnect: time until a request succeeds after the stub restarts"
+  loopback_stub
+  start agent "$tether" agent --certs "$certs" --cluster dev --name agent-0 --stub "localhost:$quic_port" \
+    --upstream "http://127.0.0.1:$target_port"
+  agent_pid=$started
+  wait_log agent "connected to stub" "$agent_pid" >/dev/null
+  stop_pid "$stub_pid" stub
+  start stub2 "$tether" stub --certs "$certs" --quic-listen "127.0.0.1:$quic_port" --https-listen "127.0.0.1:$https_port" \
+    --audit-log off
+  stub_pid=$started
+  t0=$(date +%s%N)
+  wait_log stub2 "stub listening" "$stub_pid" >/dev/null
+  ok=false
+  for _ in $(seq 1 200); do
+    if curl -s -o /dev/null -w '%{http_code}' --noproxy '*' --cacert "$certs/ca.crt" -H "Authorization: Bearer $token" \
+      "https://127.0.0.1:$https_port/clusters/dev/small" | grep -q 200; then ok=true; break; fi
+    sleep 0.02
+  done
+  $ok || die "no request succeeded within 4 s of the stub restart"
+  record reconnect "{\"ms\": $(( ($(date +%s%N) - t0) / 1000000 ))}"
+  stop_pid "$stub_pid" stub2; stop_pid "$agent_pid" agent
+fi
+
+# ---- 5. the hub on three replicas (loopback: 127.0.0.1, .2 and .3) --------------------------
+if want hub; then
+  log "hub: three replicas on 127.0.0.1, .2 and .3 with static members"
+  # The peer port must be known before the replicas start (a static member list names it): the
+  # kernel's pick on 127.0.0.1, used on all three addresses.
+  peer_port=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  members=static:r1=127.0.0.1:$peer_port,r2=127.0.0.2:$peer_port,r3=127.0.0.3:$peer_port
+  replica_pids=(); replica_quic=(); replica_https=()
+  for i in 1 2 3; do
+    start "r$i" "$tether" stub --certs "$certs" --id "r$i" --members "$members" --peer-listen "127.0.0.$i:$peer_port" \
+      --quic-listen "127.0.0.$i:0" --https-listen "127.0.0.$i:0" --audit-log off --max-requests-per-user 0
+    replica_pids+=("$started")
+    line=$(wait_log "r$i" "stub listening" "$started")
+    replica_quic+=("127.0.0.$i:$(port "$(field "$line" quic)")")
+    replica_https+=("127.0.0.$i:$(port "$(field "$line" https)")")
+  done
+  linked_to_both() { [ "$(grep -c "peer link up" "$work/$1.log")" -ge 2 ]; }
+  for i in 1 2 3; do
+    poll_until "${replica_pids[i - 1]}" 30 linked_to_both "r$i" || die "replica r$i did not link to both peers (log: $work/r$i.log)"
+  done
+
+  log "hub: $hub_agents simulated agents spread over the three replicas"
+  "$tether" bench --agents "$hub_agents" --certs "$certs" --stub "$(IFS=,; echo "${replica_quic[*]}")" \
+    --server-name localhost --stub-pid "$(IFS=,; echo "${replica_pids[*]}")" -d 1s --json --quiet >"$work/hub-swarm.json"
+  record hub_swarm "$(cat "$work/hub-swarm.json")"
+
+  log "hub: requests per second through the replica that holds the agent and through one that forwards"
+  start hub-agent "$tether" agent --certs "$certs" --cluster dev --name agent-0 --stub "${replica_quic[0]}" \
+    --server-name localhost --connections 1 --upstream "http://127.0.0.1:$target_port"
+  hub_agent_pid=$started
+  wait_log hub-agent "connected to stub" "$hub_agent_pid" >/dev/null
+  reachable_via_r2() {
+    curl -s -o /dev/null -w '%{http_code}' --noproxy '*' --cacert "$certs/ca.crt" -H "Authorization: Bearer $token" \
+      "https://${replica_https[1]}/clusters/dev/small" | grep -q 200
+  }
+  poll_until "${replica_pids[1]}" 30 reachable_via_r2 || die "r2 never forwarded a request to r1's agent (log: $work/r2.log)"
+  hub_bench() { # replica-index label
+    "$tether" bench --target "https://${replica_https[$1]}/clusters/dev" --token "$token" --ca "$certs/ca.crt" \
+      --mix small -c 16 -d "${secs}s" --json --quiet >"$work/hub-$2.json"
+    record "hub_$2" "$(cat "$work/hub-$2.json")"
+  }
+  hub_bench 0 direct
+  hub_bench 1 forwarded
+  stop_pid "$hub_agent_pid" hub-agent
+  for i in 3 2 1; do stop_pid "${replica_pids[i - 1]}" "r$i"; done
+fi
+
+# ---- 6. kill -9 of an agent replica under load (loopback) ------------------------------------
+if want stall; then
+  log "stall: kill -9 of one of two agent replicas under steady GETs"
+  loopback_stub
+  stall_agents=()
+  for n in 0 1; do
+    start "stall-agent-$n" "$tether" agent --certs "$certs" --cluster dev --name "agent-$n" \
+      --stub "localhost:$quic_port" --upstream "http://127.0.0.1:$target_port"
+    stall_agents+=("$started")
+    wait_log "stall-agent-$n" "connected to stub" "$started" >/dev/null
+  done
+  "$tether" bench --target "https://127.0.0.1:$https_port/clusters/dev" --token "$token" --ca "$certs/ca.crt" \
+    --mix small -c 6 -d "$((secs + 4))s" --json --quiet >"$work/stall.json" &
+  bench_pid=$!
+  sleep 2 # a benchmark, not a test: the load has run a while when the agent dies
+  kill -KILL "${stall_agents[0]}"
+  wait "${stall_agents[0]}" 2>/dev/null || true # reaped here, so bash does not report it killed
+  wait "$bench_pid"
+  suspected=$(grep -c "agent connection silent:" "$work/stub.log" || true)
+  record stall "{\"bench\": $(cat "$work/stall.json"), \"suspected\": $suspected}"
+  stop_pid "${stall_agents[1]}" stall-agent-1; stop_pid "${stall_agents[0]}" stall-agent-0; stop_pid "$stub_pid" stub
+fi
+
+# ---- 7. a restart storm (loopback) ------------------------------------------------------------
+if want storm; then
+  log "storm: $storm_agents simulated agents on one stub, which restarts"
+  loopback_stub
+  # Its report (JSON) on stdout, its progress and log lines apart.
+  TETHER_LOG=info "$tether" bench --agents "$storm_agents" --certs "$certs" --stub "127.0.0.1:$quic_port" \
+    --server-name localhost --reconnect -d 120s --json </dev/null >"$work/storm.json" 2>"$work/storm.log" &
+  storm_pid=$!
+  SPAWNED+=("$storm_pid:storm")
+  wait_log storm "simulated agents connected; holding" "$storm_pid" 300 >/dev/null
+  # UDP datagrams the kernel dropped because a socket's receive buffer was full, during the storm
+  # (machine-wide: nothing else here sends much UDP meanwhile).
+  udp_drops() { nstat -az UdpRcvbufErrors 2>/dev/null | awk '/UdpRcvbufErrors/ {print $2}'; }
+  drops_before=$(udp_drops)
+  stop_pid "$stub_pid" stub
+  start stub-again "$tether" stub --certs "$certs" --quic-listen "127.0.0.1:$quic_port" \
+    --https-listen "127.0.0.1:$https_port" --admin-listen 127.0.0.1:0 --audit-log off
+  stub_pid=$started
+  wait "$storm_pid" || die "the storm's bench failed (log: $work/storm.log)"
+  stop_pid "$storm_pid" storm
+  record storm_udp_drops "$(( $(udp_drops) - drops_before ))"
+  # The stub's own count of the handshakes it refused or gave up on, by reason.
+  admin=$(field "$(wait_log stub-again "admin listening" "$stub_pid")" admin)
+  curl -s --noproxy '*' "http://$admin/metrics" | python3 -c '
+import json, re, sys
+refusals = {m.group(1): int(float(m.group(2))) for m in re.finditer(r"^tether_agent_refusals_total\{reason=\"([^\"]+)\"\} (\S+)", sys.stdin.read(), re.M)}
+print(json.dumps(refusals))' >"$work/storm-stub.json"
+  record storm_stub_refusals "$(cat "$work/storm-stub.json")"
+  record storm "$(cat "$work/storm.json")"
+  stop_pid "$stub_pid" stub-again
+fi
 
 # ---- 1 and 2: across an emulated link (root) -----------------------------------------------
-if [ "$(id -u)" != 0 ] || [ ! -e /dev/net/tun ]; then
+if ! want link; then
+  :
+elif [ "$(id -u)" != 0 ] || [ ! -e /dev/net/tun ]; then
   log "SKIPPED tunnel-vs-direct and QUIC-vs-TCP: they need root and /dev/net/tun (tether link)"
 else
   index=$(( ($$ % 200) + 20 ))
@@ -220,6 +354,25 @@ if s.get("stub_kib_per_agent") is not None:
 st = d.get("streams", {})
 if st:
     w(f"| memory per open stream ({st['held']} held watches) | stub {st['stub_kib_per_stream']} KiB, agent {st['agent_kib_per_stream']} KiB | |")
+h = d.get("hub_swarm")
+if h:
+    each = ", ".join(f"{x['replica'] or x['stub']} {x['kib_per_agent']:.0f} KiB" for x in h["stubs"] if x.get("kib_per_agent") is not None)
+    w(f"| three replicas: stub memory per agent connection ({h['connected']} of {h['agents']} simulated agents) | **{h['stub_kib_per_agent']:.0f} KiB** ({each}) | under 200 KiB |")
+    w(f"| three replicas: time to connect {h['connected']} simulated agents | {h['connect_s']:.1f} s (a dial: p50 {h['dial_p50_ms']:.0f} ms, p99 {h['dial_p99_ms']:.0f} ms) | |")
+    w(f"| the harness's own memory per simulated agent | {h['harness_kib_per_agent']:.0f} KiB ({h['harness_rss_kib'] // 1024} MiB for {h['agents']}) | 20,000 fit |")
+if "hub_direct" in d:
+    hd, hf = d["hub_direct"], d["hub_forwarded"]
+    w(f"| small GETs (16 at a time), forwarding replica / holding replica | {hf['requests_per_s']:.0f} / {hd['requests_per_s']:.0f} req/s = **{hf['requests_per_s']/hd['requests_per_s']:.2f}x**; p50 {k(hf,'small','p50_ms'):.2f} / {k(hd,'small','p50_ms'):.2f} ms | |")
+if "stall" in d:
+    b = d["stall"]["bench"]; failed = sum(b.get("errors", {}).values())
+    w(f"| kill -9 of one of two agent replicas under GETs: slowest request | **{k(b,'small','max_ms'):.0f} ms** ({failed} failed of {k(b,'small','count'):.0f}; the stub suspected it {d['stall']['suspected']}x) | about 2 s at most |")
+if "storm" in d and d["storm"].get("storm"):
+    st2 = d["storm"]; x = st2["storm"]
+    healed = f"**{x['heal_s']:.1f} s**" if x["heal_s"] is not None else "**never healed**"
+    fails = ", ".join(f"{n} {r}" for r, n in x["handshake_failures"].items()) or "none"
+    stub_side = ", ".join(f"{n} {r}" for r, n in d.get("storm_stub_refusals", {}).items()) or "none"
+    w(f"| stub restart under {st2['connected']} simulated agents: until every one is connected again | {healed} ({x['connected_at_end']} connected at the end; {x['redials']} redials; one agent's reconnect p50 {x['reconnect_p50_ms']:.0f} ms, p99 {x['reconnect_p99_ms']:.0f} ms) | no handshake timeouts |")
+    w(f"| ... failed dials as the agents saw them / as the stub counted them | {fails} / {stub_side}; UDP datagrams dropped for full socket buffers: {d.get('storm_udp_drops', '?')} | |")
 if "reconnect" in d:
     w(f"| first successful request after a stub restart | {d['reconnect']['ms']} ms | about a second |")
 if "small_quic_0" in d:
