@@ -304,13 +304,19 @@ do_start() {
   ) >"$P/openssl.log" 2>&1 || { cat "$P/openssl.log" >&2; die "openssl failed to create the keys in $P"; }
   chmod 644 "$P/ca.crt"
 
-  # -- tokens: only the admin and the agent; users arrive via impersonation --
-  local admin_token agent_token
+  # -- tokens: the admin and the agent; and alice and bob (group "people"), who log in to this
+  # cluster only when it plays the hub for the console. Users of clusters behind an agent arrive
+  # there via impersonation. --
+  local admin_token agent_token alice_token bob_token
   admin_token=$(openssl rand -hex 32)
   agent_token=$(openssl rand -hex 32)
+  alice_token=$(openssl rand -hex 32)
+  bob_token=$(openssl rand -hex 32)
   (umask 077 && printf '%s\n' \
     "$admin_token,$ADMIN_USER,$ADMIN_USER,\"system:masters\"" \
-    "$agent_token,$AGENT_USER,$AGENT_USER" >"$dir/tokens.csv")
+    "$agent_token,$AGENT_USER,$AGENT_USER" \
+    "$alice_token,alice,alice,\"people\"" \
+    "$bob_token,bob,bob,\"people\"" >"$dir/tokens.csv")
 
   # -- audit policy: every request at Metadata level (who, impersonated whom, verb, URI, code) --
   cat >"$dir/audit-policy.yaml" <<'EOF'
@@ -447,6 +453,7 @@ EOF
         "ADMIN_KUBECONFIG=$dir/admin.kubeconfig" "AGENT_KUBECONFIG=$dir/agent.kubeconfig" \
         "ADMIN_USER=$ADMIN_USER" "ADMIN_TOKEN=$admin_token" \
         "AGENT_USER=$AGENT_USER" "AGENT_TOKEN=$agent_token" \
+        "ALICE_TOKEN=$alice_token" "BOB_TOKEN=$bob_token" \
         "AUDIT_LOG=$dir/audit.log" "APISERVER_LOG=$dir/apiserver.log" "ETCD_LOG=$dir/etcd.log" \
         "APISERVER_PID_FILE=$dir/apiserver.pid" "ETCD_PID_FILE=$dir/etcd.pid" \
         "KUBE_APISERVER_BIN=$KUBE_APISERVER_BIN" "ETCD_BIN=$ETCD_BIN" \

@@ -26,6 +26,7 @@
 //! - [`hub`]: the hub on many machines: members, Kubernetes Leases, the hub's manifest.
 //! - [`stub`]: the hub side (agent listener, registry, front door, admission, forwarding).
 //! - [`agent`]: the cluster side (dial loop, session, forwarding to the API server).
+//! - [`console`]: short-lived tokens for users and services, the hub's RBAC deciding.
 //! - [`kubeconfig`]: the kubeconfig a user gets to reach a cluster through the stub.
 //! - [`register`]: the manifest that installs an agent in a cluster.
 //! - [`bench`]: the load harness (`tether bench`).
@@ -41,6 +42,7 @@ pub mod bench;
 pub mod bridge;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod errors;
 pub mod fd_limit;
 pub mod hub;

@@ -61,5 +61,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Hub(hub) => hub.run(),
         Command::Bench(bench) => bench.run().await,
         Command::Link(link) => link.run().await,
+        Command::Console(console) => console.run().await,
+        Command::Credential(credential) => credential.run().await,
     }
 }

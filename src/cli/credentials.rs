@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::identity::files::Mode;
 use crate::identity::files::{self, CertDir};
 use crate::identity::token::{self, TokenRequest};
-use crate::kubeconfig::UserKubeconfig;
+use crate::kubeconfig::{self, Credential, Entry, UserKubeconfig};
+use anyhow::Context;
 
 #[derive(Args)]
 pub struct IdentityArgs {
@@ -41,14 +43,44 @@ pub struct TokenArgs {
 
 #[derive(Args)]
 pub struct KubeconfigArgs {
-    #[command(flatten)]
-    identity: IdentityArgs,
+    /// Certificate directory: the CA (both modes) and issuer.key (to mint tokens, without --exec).
+    #[arg(long, env = "TETHER_CERTS", default_value = "certs")]
+    certs: PathBuf,
+    /// The user name the API server will see (the token's; with --exec, only in entry names).
+    #[arg(long, required_unless_present = "exec")]
+    user: Option<String>,
+    /// A group of the user (repeatable; not with --exec: the console takes them from the hub).
+    #[arg(long = "group", conflicts_with = "exec")]
+    groups: Vec<String>,
+    /// How long the token is valid (not with --exec: the console decides).
+    #[arg(long, default_value = "12h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// Bind the token to this client certificate (RFC 8705).
+    #[arg(long, conflicts_with = "exec")]
+    bind_cert: Option<PathBuf>,
     /// The stub's front door, https://HOST:PORT.
     #[arg(long, env = "TETHER_STUB_URL")]
     stub: String,
-    /// The cluster this kubeconfig reaches.
+    /// A cluster to reach: one context per cluster, each with its own user entry (repeatable).
+    #[arg(long = "cluster", required = true)]
+    clusters: Vec<String>,
+    /// Users run `tether credential` as kubectl's exec plugin: short-lived tokens from the
+    /// console, refreshed before they expire, instead of one long token in the file.
+    #[arg(long, requires = "console")]
+    exec: bool,
+    /// With --exec: the console, https://HOST:PORT.
+    #[arg(long, requires = "exec")]
+    console: Option<String>,
+    /// With --exec: the plugin's hub credential, a file holding a token the hub accepts.
+    #[arg(long, requires = "exec", conflicts_with = "hub_kubeconfig")]
+    hub_token_file: Option<PathBuf>,
+    /// With --exec: the plugin's hub credential, the token of this kubeconfig's current user.
+    #[arg(long, requires = "exec")]
+    hub_kubeconfig: Option<PathBuf>,
+    /// Add the entries to this kubeconfig (written in place, whole; its other entries and its
+    /// current context stay) instead of printing a new one.
     #[arg(long)]
-    cluster: String,
+    merge: Option<PathBuf>,
 }
 
 impl IdentityArgs {
@@ -73,19 +105,69 @@ impl TokenArgs {
 }
 
 impl KubeconfigArgs {
-    /// Prints a kubeconfig with a fresh token.
+    /// Prints the kubeconfig, or merges it into `--merge FILE`.
     pub fn run(self) -> anyhow::Result<()> {
-        let token = self.identity.mint(std::slice::from_ref(&self.cluster))?;
-        let ca_path = CertDir::new(&self.identity.certs).ca_cert();
-        let ca_pem = files::load_text(&ca_path, "cannot read the CA certificate")?;
-        let kubeconfig = UserKubeconfig {
-            stub_url: &self.stub,
-            cluster: &self.cluster,
-            user: &self.identity.user,
-            ca_pem: &ca_pem,
-            token: &token,
-        };
-        print!("{}", kubeconfig.render());
+        let dir = CertDir::new(&self.certs);
+        let ca_pem = files::load_text(&dir.ca_cert(), "cannot read the CA certificate")?;
+        for cluster in &self.clusters {
+            crate::identity::names::validate("cluster", cluster)?;
+        }
+        let mut entries = Vec::new();
+        for cluster in &self.clusters {
+            let credential = if self.exec {
+                Credential::Exec { command: tether_command()?, args: self.plugin_args(&dir, cluster)? }
+            } else {
+                let request = TokenRequest {
+                    user: self.user.as_deref().expect("clap requires --user without --exec"),
+                    groups: &self.groups,
+                    clusters: std::slice::from_ref(cluster),
+                    ttl: self.ttl,
+                    bind_cert: self.bind_cert.as_deref(),
+                };
+                Credential::Token(token::mint(&dir, &request)?)
+            };
+            entries.push(Entry { cluster: cluster.clone(), credential });
+        }
+        let user = self.user.clone().unwrap_or_else(|| std::env::var("USER").unwrap_or_else(|_| "me".into()));
+        let ours = UserKubeconfig { stub_url: self.stub.clone(), user, ca_pem, entries }.build();
+        match &self.merge {
+            None => print!("{}", kubeconfig::to_yaml(&ours)?),
+            Some(path) => {
+                let existing = if path.exists() {
+                    kube::config::Kubeconfig::read_from(path)
+                        .with_context(|| format!("{}: cannot read the kubeconfig to merge into", path.display()))?
+                } else {
+                    kube::config::Kubeconfig::default()
+                };
+                let merged = kubeconfig::merge_into(existing, ours);
+                files::save(path, kubeconfig::to_yaml(&merged)?.as_bytes(), Mode::Secret)?;
+                eprintln!("merged {} context(s) into {}", self.clusters.len(), path.display());
+            }
+        }
         Ok(())
     }
+
+    /// `tether credential ...` for one cluster: absolute paths, so kubectl runs it from anywhere.
+    fn plugin_args(&self, dir: &CertDir, cluster: &str) -> anyhow::Result<Vec<String>> {
+        let absolute = |p: &std::path::Path| -> anyhow::Result<String> {
+            Ok(std::path::absolute(p).with_context(|| format!("{}", p.display()))?.to_string_lossy().into_owned())
+        };
+        let console = self.console.clone().expect("clap requires --console with --exec");
+        let mut args = vec!["credential".into(), "--console".into(), console, "--cluster".into(), cluster.to_owned()];
+        args.extend(["--ca".into(), absolute(&dir.ca_cert())?]);
+        match (&self.hub_token_file, &self.hub_kubeconfig) {
+            (Some(file), _) => args.extend(["--hub-token-file".into(), absolute(file)?]),
+            (None, Some(kubeconfig)) => args.extend(["--hub-kubeconfig".into(), absolute(kubeconfig)?]),
+            (None, None) => {
+                anyhow::bail!("--exec: give the plugin a hub credential, --hub-token-file or --hub-kubeconfig")
+            }
+        }
+        Ok(args)
+    }
+}
+
+/// This binary, for the exec plugin's command.
+fn tether_command() -> anyhow::Result<String> {
+    let exe = std::env::current_exe().context("cannot tell where this tether binary is, for the plugin's command")?;
+    Ok(exe.to_string_lossy().into_owned())
 }

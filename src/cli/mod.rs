@@ -4,6 +4,7 @@
 //! - [`stub`], [`agent`]: the two sides of the tunnel.
 //! - [`certs`]: `tether certs ...`, the CA and every certificate.
 //! - [`credentials`]: `tether token` and `tether kubeconfig`, for users and services.
+//! - [`console`]: `tether console` and `tether credential` (kubectl's exec plugin).
 //! - [`register`]: `tether register`, the manifest that installs an agent.
 //! - [`hub`]: `tether hub`, the hub's own manifest (stub replicas, Services, Lease RBAC).
 //! - [`bench`]: `tether bench`, the load harness.
@@ -15,6 +16,7 @@
 pub mod agent;
 pub mod bench;
 pub mod certs;
+pub mod console;
 pub mod credentials;
 pub mod hub;
 pub mod link;
@@ -65,6 +67,10 @@ pub enum Command {
     /// Emulate a bad link on this machine (root): a network namespace for the stub, reached over
     /// a wire with loss, delay, jitter and a rate limit, plus a clean path for clients.
     Link(link::LinkArgs),
+    /// Hand users and services short-lived tokens, the hub's Kubernetes RBAC deciding.
+    Console(Box<console::ConsoleArgs>),
+    /// kubectl's exec credential plugin: a token from the console, cached and refreshed.
+    Credential(console::CredentialArgs),
 }
 
 #[derive(Args)]

@@ -507,23 +507,7 @@ impl LeaseMembership {
     /// come up later.
     pub async fn connect(config: LeaseConfig) -> anyhow::Result<LeaseMembership> {
         config.validate()?;
-        crate::identity::tls::install_default_provider();
-        let kube_config = match &config.kubeconfig {
-            Some(path) => {
-                let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                    .with_context(|| format!("{}: cannot read the hub's kubeconfig", path.display()))?;
-                kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
-                    .await
-                    .with_context(|| format!("{}: cannot use the hub's kubeconfig", path.display()))?
-            }
-            None => kube::Config::infer().await.context(
-                "no way to the hub's API server: not in a pod with a service account, and no $KUBECONFIG or \
-                 ~/.kube/config; give the hub's kubeconfig",
-            )?,
-        };
-        let server = kube_config.cluster_url.to_string();
-        let client = kube::Client::try_from(kube_config)
-            .with_context(|| format!("cannot set up TLS or credentials for the hub's API server at {server}"))?;
+        let (client, server) = super::client::hub_client(config.kubeconfig.as_deref()).await?;
         let api = Api::namespaced(client, &config.namespace);
         Ok(LeaseMembership { api, config, server })
     }

@@ -5,7 +5,9 @@
 //! - [`members`]: who the replicas are (`--members static:...|kubernetes:NAMESPACE`), pure.
 //! - [`leases`]: membership from Kubernetes Leases, one per replica, renewed while it runs.
 //! - [`manifest`]: `tether hub`, the hub's own Kubernetes manifest.
+//! - [`client`]: a client of the hub's own API server (Leases; the console's reviews).
 
+pub mod client;
 pub mod leases;
 pub mod manifest;
 pub mod members;

@@ -230,6 +230,11 @@ impl DevCluster {
         self.dir.path()
     }
 
+    /// The private HOME kubectl runs with (its caches; an exec plugin's token cache).
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
     pub fn apiserver_url(&self) -> &str {
         self.env("APISERVER_URL")
     }
