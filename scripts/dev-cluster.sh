@@ -385,7 +385,8 @@ EOF
   write_kubeconfig "$dir/admin.kubeconfig" "$api_url" "$ca_b64" "$ADMIN_USER" "$admin_token"
   write_kubeconfig "$dir/agent.kubeconfig" "$api_url" "$ca_b64" "$AGENT_USER" "$agent_token"
 
-  # -- the agent may impersonate users and groups, and nothing else --
+  # -- the agent may impersonate users and groups (and name the caller of a kubectl --as in the
+  # extra field tether-caller), and nothing else --
   if ! kubectl_dev "$dir" apply -f - >"$dir/.rbac.log" 2>&1 <<EOF
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
@@ -394,6 +395,9 @@ metadata:
 rules:
 - apiGroups: [""]
   resources: ["users", "groups"]
+  verbs: ["impersonate"]
+- apiGroups: ["authentication.k8s.io"]
+  resources: ["userextras/tether-caller"]
   verbs: ["impersonate"]
 ---
 apiVersion: rbac.authorization.k8s.io/v1

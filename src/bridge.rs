@@ -65,7 +65,54 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
 /// server: its own credential, impersonation, or the `X-Remote-*` headers of the API server's
 /// request-header authenticator. Neither stub nor agent ever forwards one from a caller.
 pub fn speaks_for_someone(name: &str) -> bool {
-    name == "authorization" || name.starts_with("impersonate-") || name.starts_with("x-remote-")
+    name == "authorization"
+        || name.starts_with("impersonate-")
+        || name.starts_with("x-remote-")
+        || name == AS_USER_HEADER
+        || name == AS_GROUP_HEADER
+}
+
+/// The user a caller asked to act as (`kubectl --as`), carried from the stub to the agent under
+/// a name of tether's own: the stub drops a caller's own header of this name, and the agent
+/// acts on it only after the cluster's API server says the caller may impersonate that user.
+pub const AS_USER_HEADER: &str = "x-tether-as-user";
+/// A group a caller asked to act as (`kubectl --as-group`), one header each.
+pub const AS_GROUP_HEADER: &str = "x-tether-as-group";
+
+/// The impersonation a caller asked for with its own `Impersonate-*` headers (kubectl's
+/// `--as` and `--as-group`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AskedImpersonation {
+    pub user: Option<String>,
+    pub groups: Vec<String>,
+}
+
+/// What a caller's `Impersonate-*` headers ask for; `Err` names a header tether cannot carry
+/// (`Impersonate-Uid`, `Impersonate-Extra-*`, a value that is not text, or groups without a
+/// user, which the API server refuses too).
+pub fn asked_impersonation(headers: &HeaderMap) -> Result<AskedImpersonation, String> {
+    let mut asked = AskedImpersonation::default();
+    for (name, value) in headers {
+        let name = name.as_str();
+        if !name.starts_with("impersonate-") {
+            continue;
+        }
+        let value = value.to_str().map_err(|_| format!("{name}: the value is not text"))?.to_owned();
+        match name {
+            "impersonate-user" if asked.user.is_some() => return Err("impersonate-user: given twice".into()),
+            "impersonate-user" => asked.user = Some(value),
+            "impersonate-group" => asked.groups.push(value),
+            other => {
+                return Err(format!(
+                    "{other}: tether carries only Impersonate-User and Impersonate-Group (kubectl --as, --as-group)"
+                ));
+            }
+        }
+    }
+    if asked.user.is_none() && !asked.groups.is_empty() {
+        return Err("impersonate-group without impersonate-user: give --as as well as --as-group".into());
+    }
+    Ok(asked)
 }
 
 /// Whether `name` (lowercase) says where a request came from. The API server records
@@ -256,6 +303,55 @@ impl<K> Drop for StreamSource<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn with(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn kubectl_as_and_as_group_are_read_and_the_rest_is_refused_by_name() {
+        let asked = asked_impersonation(&with(&[
+            ("Impersonate-User", "bob"),
+            ("impersonate-group", "devs"),
+            ("IMPERSONATE-GROUP", "ops"),
+            ("accept", "*/*"),
+        ]))
+        .unwrap();
+        assert_eq!(asked, AskedImpersonation { user: Some("bob".into()), groups: vec!["devs".into(), "ops".into()] });
+        assert_eq!(asked_impersonation(&with(&[("accept", "*/*")])).unwrap(), AskedImpersonation::default());
+        let uid = asked_impersonation(&with(&[("impersonate-user", "bob"), ("impersonate-uid", "1")])).unwrap_err();
+        assert!(uid.starts_with("impersonate-uid"), "{uid}");
+        let extra = asked_impersonation(&with(&[("impersonate-user", "bob"), ("impersonate-extra-scopes", "x")]));
+        assert!(extra.unwrap_err().starts_with("impersonate-extra-scopes"));
+        assert!(asked_impersonation(&with(&[("impersonate-group", "devs")])).unwrap_err().contains("--as"));
+        let twice = with(&[("impersonate-user", "bob"), ("impersonate-user", "carol")]);
+        assert!(asked_impersonation(&twice).unwrap_err().contains("twice"));
+        // The stub strips a caller's own tether headers with the rest.
+        assert!(speaks_for_someone(AS_USER_HEADER) && speaks_for_someone(AS_GROUP_HEADER));
+    }
+
+    proptest! {
+        /// Whatever user and groups a caller names, they come back as named, in order.
+        #[test]
+        fn asked_impersonation_round_trips(
+            user in "[a-zA-Z0-9:@._-]([a-zA-Z0-9:@. _-]{0,38}[a-zA-Z0-9:@._-])?",
+            groups in proptest::collection::vec("[a-zA-Z0-9:@._-]{1,30}", 0..6),
+        ) {
+            let mut h = HeaderMap::new();
+            h.insert("impersonate-user", user.parse().unwrap());
+            for g in &groups {
+                h.append("impersonate-group", g.parse().unwrap());
+            }
+            let asked = asked_impersonation(&h).unwrap();
+            prop_assert_eq!(asked.user, Some(user));
+            prop_assert_eq!(asked.groups, groups);
+        }
+    }
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_stay_behind() {

@@ -121,7 +121,8 @@ metadata:
   namespace: {ns}
 ---
 # The agent's only right: to impersonate the users and groups the hub vouches for. Every request
-# is then authorized (RBAC) and audited as that user.
+# is then authorized (RBAC) and audited as that user. For a kubectl --as that this cluster lets
+# the caller make, the caller is named in the extra field tether-caller.
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
 metadata:
@@ -129,6 +130,9 @@ metadata:
 rules:
 - apiGroups: [""]
   resources: ["users", "groups"]
+  verbs: ["impersonate"]
+- apiGroups: ["authentication.k8s.io"]
+  resources: ["userextras/tether-caller"]
   verbs: ["impersonate"]
 ---
 apiVersion: rbac.authorization.k8s.io/v1

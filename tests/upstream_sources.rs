@@ -26,8 +26,8 @@ async fn echo_with_caller_identity(pki: &Pki, stub: &StubProc, cluster: &str) ->
     let request = http::Request::builder()
         .method("GET")
         .uri(format!("{}/clusters/{cluster}/echo", stub.url))
-        .header("Impersonate-User", "system:admin")
-        .header("IMPERSONATE-GROUP", "system:masters")
+        .header("X-Remote-User", "system:admin")
+        .header("X-REMOTE-GROUP", "system:masters")
         .body(tether::bridge::empty())
         .unwrap();
     let response = client.request(request).await.unwrap();

@@ -142,8 +142,25 @@ async fn forward(
     let watch = is_watch(&head.method, &head.path_and_query);
     // The stub sends an `Upgrade` header only for a request that asks to switch protocols.
     let upgrade = head.headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade"));
+    let asked = super::impersonation::asked(&head.headers);
     let mut headers = bridge::headers_from_wire(&head.headers, upgrade);
-    if impersonate(&mut headers, claims).is_err() {
+    if asked.user.is_some() {
+        // kubectl --as: only if this cluster's API server says the caller may.
+        match super::impersonation::check(upstream, claims, &asked).await {
+            Ok(None) => {}
+            Ok(Some(refused)) => {
+                tracing::info!(user = %claims.sub, as_user = ?asked.user, as_groups = ?asked.groups, "impersonation refused");
+                return respond_error(&forwarder.metrics, &mut send, StatusCode::FORBIDDEN, &refused).await;
+            }
+            Err(e) => {
+                let message = format!("the agent could not ask its API server whether the caller may impersonate: {e}");
+                return respond_error(&forwarder.metrics, &mut send, StatusCode::BAD_GATEWAY, &message).await;
+            }
+        }
+        if let Err(e) = super::impersonation::apply(&mut headers, claims, &asked) {
+            return respond_error(&forwarder.metrics, &mut send, StatusCode::BAD_REQUEST, &e).await;
+        }
+    } else if impersonate(&mut headers, claims).is_err() {
         return respond_error(
             &forwarder.metrics,
             &mut send,

@@ -17,6 +17,7 @@ pub mod certificate;
 pub mod dial_loop;
 pub mod forward;
 pub mod handover;
+pub mod impersonation;
 pub mod metrics;
 pub mod replicas;
 pub mod session;

@@ -51,6 +51,12 @@ pub struct Record {
     /// The replica of the hub that forwarded this request here (from its front door).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub forwarded_by: Option<String>,
+    /// `kubectl --as` and `--as-group`: whom the caller asked to act as (the agent let it only
+    /// if the cluster's API server said the caller may).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub as_user: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub as_groups: Vec<String>,
     pub verb: String,
     pub path: String,
     pub status: u16,

@@ -41,6 +41,8 @@ enum ForwardError {
     UnknownCluster(String),
     #[error("no agent of cluster {0:?} is connected")]
     NoAgent(String),
+    #[error("{0}")]
+    Impersonation(String),
     #[error("agent of cluster {cluster:?} failed before answering: {source}")]
     Stream {
         cluster: String,
@@ -56,6 +58,7 @@ impl ForwardError {
             ForwardError::Refused(refused) => refused.reason(),
             ForwardError::UnknownCluster(_) => "unknown_cluster",
             ForwardError::NoAgent(_) => "no_agent",
+            ForwardError::Impersonation(_) => "impersonation",
             ForwardError::Stream { .. } => "agent_stream_failed",
         }
     }
@@ -64,6 +67,7 @@ impl ForwardError {
         match self {
             ForwardError::Refused(refused) => refused.code(),
             ForwardError::UnknownCluster(_) | ForwardError::NoAgent(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ForwardError::Impersonation(_) => StatusCode::BAD_REQUEST,
             ForwardError::Stream { .. } => StatusCode::BAD_GATEWAY,
         }
     }
@@ -98,7 +102,15 @@ pub async fn handle(
     );
     let response = async {
         let forwarded = match admission::admit(&state, &caller, &req, &mut audit) {
-            Ok(admitted) => send_to_agent(&state, Outbound::new(req, &request_id, admitted, &caller), &mut audit).await,
+            Ok(admitted) => match bridge::asked_impersonation(req.headers()) {
+                Ok(asked) => {
+                    // kubectl --as: the agent asks its API server whether this caller may.
+                    audit.record.as_user = asked.user.clone();
+                    audit.record.as_groups = asked.groups.clone();
+                    send_to_agent(&state, Outbound::new(req, &request_id, admitted, &caller, &asked), &mut audit).await
+                }
+                Err(e) => Err(ForwardError::Impersonation(e)),
+            },
             Err(refused) => Err(ForwardError::from(refused)),
         };
         forwarded.unwrap_or_else(|e| {
@@ -152,12 +164,26 @@ enum RequestBody {
 }
 
 impl Outbound {
-    fn new(mut req: Request<Incoming>, request_id: &str, admitted: Admitted, caller: &Caller) -> Outbound {
+    fn new(
+        mut req: Request<Incoming>,
+        request_id: &str,
+        admitted: Admitted,
+        caller: &Caller,
+        asked: &bridge::AskedImpersonation,
+    ) -> Outbound {
         let upgrade = bridge::is_upgrade(req.headers());
         let mut headers = bridge::headers_to_wire(req.headers(), upgrade);
         // The token travels as the credential, never as a header the API server could see; no
-        // caller chooses whom it speaks for, nor where it says it comes from.
+        // caller chooses whom it speaks for, nor where it says it comes from. An impersonation
+        // it asks for goes to the agent under tether's own names, as a question: the agent
+        // asks the cluster's API server whether this caller may.
         headers.retain(|h| !bridge::speaks_for_someone(&h.name) && !bridge::says_where_from(&h.name));
+        if let Some(user) = &asked.user {
+            headers.push(Header { name: bridge::AS_USER_HEADER.into(), value: user.clone().into_bytes() });
+        }
+        for group in &asked.groups {
+            headers.push(Header { name: bridge::AS_GROUP_HEADER.into(), value: group.clone().into_bytes() });
+        }
         let from = caller.remote.ip().to_canonical().to_string();
         headers.push(Header { name: "x-forwarded-for".into(), value: from.into_bytes() });
         let head = RequestHead {
