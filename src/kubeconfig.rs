@@ -103,15 +103,25 @@ impl UserKubeconfig {
     }
 }
 
-/// `ours` added to `existing`: entries of the same name are replaced by ours, every other entry
-/// stays as it was, and so does the current context if `existing` has one.
-pub fn merge_into(existing: Kubeconfig, ours: Kubeconfig) -> Kubeconfig {
-    let current = existing.current_context.clone();
-    let mut merged = ours.merge(existing).expect("both are kind Config, apiVersion v1");
-    if current.is_some() {
-        merged.current_context = current;
+/// `ours` added to `existing`: an entry of the same name is replaced where it stands, a new one
+/// goes at the end, every other entry stays as it was, and so does the current context if
+/// `existing` has one.
+pub fn merge_into(mut existing: Kubeconfig, ours: Kubeconfig) -> Kubeconfig {
+    fn upsert<T>(into: &mut Vec<T>, new: Vec<T>, name: impl Fn(&T) -> &str) {
+        for item in new {
+            match into.iter().position(|x| name(x) == name(&item)) {
+                Some(i) => into[i] = item,
+                None => into.push(item),
+            }
+        }
     }
-    merged
+    upsert(&mut existing.clusters, ours.clusters, |c| &c.name);
+    upsert(&mut existing.auth_infos, ours.auth_infos, |u| &u.name);
+    upsert(&mut existing.contexts, ours.contexts, |c| &c.name);
+    existing.current_context = existing.current_context.or(ours.current_context);
+    existing.api_version.get_or_insert_with(|| "v1".into());
+    existing.kind.get_or_insert_with(|| "Config".into());
+    existing
 }
 
 /// The kubeconfig as YAML.
@@ -169,7 +179,7 @@ mod tests {
         .unwrap();
         let merged = merge_into(existing, two_clusters().build());
         let names: Vec<_> = merged.clusters.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["tether-dev", "tether-prod", "other"]);
+        assert_eq!(names, ["other", "tether-dev", "tether-prod"]);
         let dev = merged.clusters.iter().find(|c| c.name == "tether-dev").unwrap();
         assert_eq!(dev.cluster.as_ref().unwrap().server.as_deref(), Some("https://localhost:8443/clusters/dev"));
         assert!(merged.auth_infos.iter().any(|u| u.name == "me"));

@@ -239,3 +239,45 @@ async fn the_console_refuses_what_the_hub_refuses_and_says_why() {
     assert!(!down.status.success() && text(&down).contains("cannot reach the console"), "{}", text(&down));
     assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_kubeconfigs_merged_into_one_reach_each_cluster_with_its_own_credential() {
+    let dev = DevCluster::shared().await;
+    let tether = Tether::start(dev.clone()).await;
+    // A second cluster, "prod", behind an agent of its own on the same stub.
+    let prod = DevCluster::start().await;
+    tether.pki.agent("prod", "agent-0");
+    let prod_kubeconfig = prod.agent_kubeconfig();
+    let source = ["--kubeconfig", prod_kubeconfig.to_str().unwrap()];
+    let mut prod_agent = support::spawn_agent_with(&tether.pki, &tether.stub, "prod", "agent-0", &source);
+    prod_agent.wait_for("connected to stub").await;
+    for cluster in [&*dev, &prod] {
+        cluster.bind("default", "ClusterRole", "view", Subject::User("alice")).await;
+        cluster.wait_until_allowed("alice", &[], &["list", "configmaps", "-n", "default"]).await;
+    }
+
+    // One kubeconfig per cluster, merged into the same file one after the other, as a user
+    // does with what two admins handed out.
+    let work = tempfile::tempdir().unwrap();
+    let merged = work.path().join("config");
+    let certs = tether.pki.path().to_str().unwrap().to_owned();
+    for cluster in ["dev", "prod"] {
+        let args =
+            ["kubeconfig", "--certs", &certs, "--stub", &tether.stub.url, "--cluster", cluster, "--user", "alice"];
+        run_tether(&[&args[..], &["--merge", merged.to_str().unwrap()]].concat()).await;
+    }
+    let config = kube::config::Kubeconfig::read_from(&merged).unwrap();
+    let users: Vec<&str> = config.auth_infos.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(users, ["alice@tether-dev", "alice@tether-prod"], "one user entry per cluster");
+    assert_eq!(config.current_context.as_deref(), Some("alice@dev"), "the first merge chose it; the second kept it");
+
+    // Each context reaches its own cluster (a ConfigMap that exists only there).
+    for (cluster, context) in [(&*dev, "alice@dev"), (&prod, "alice@prod")] {
+        let name = unique("merged");
+        cluster.create_configmap("default", &name, &[]).await;
+        let output = dev
+            .kubectl(&merged, &["--context", context, "get", "configmap", &name, "-n", "default", "-o", "name"])
+            .await;
+        assert!(expect_ok(&output, context).contains(&name), "{}", text(&output));
+    }
+}
