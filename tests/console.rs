@@ -281,3 +281,44 @@ async fn two_kubeconfigs_merged_into_one_reach_each_cluster_with_its_own_credent
         assert!(expect_ok(&output, context).contains(&name), "{}", text(&output));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_with_its_certificate_gets_a_token_bound_to_that_certificate() {
+    let target = DevCluster::shared().await;
+    let tether = Tether::start(target.clone()).await;
+    let hub = DevCluster::start().await;
+    let certs = tether.pki.path().to_owned();
+    run_tether(&["certs", "service", "--dir", certs.to_str().unwrap(), "--name", "ci-bot"]).await;
+    let user = "tether:service:ci-bot";
+    grant(&hub, user, "dev").await;
+    target.bind("default", "ClusterRole", "view", Subject::User(user)).await;
+    target.wait_until_allowed(user, &[], &["list", "configmaps", "-n", "default"]).await;
+    let (console, console_url) = start_console(&certs, &hub).await;
+    let (cert, key) = (certs.join("services/ci-bot.crt"), certs.join("services/ci-bot.key"));
+
+    // No hub token: the service certificate is the credential.
+    let service = support::front_client_with(&tether.pki, false, Some((&cert, &key)), None);
+    let (status, _, body) =
+        support::call(&service, "POST", &format!("{console_url}/v1/token"), r#"{"clusters":["dev"]}"#).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((answer["user"].as_str(), answer["clusters"].clone()), (Some(user), serde_json::json!(["dev"])));
+    let token = answer["token"].as_str().unwrap().to_owned();
+
+    // Through the stub: good with the certificate, refused without it.
+    let url = tether.url("/api/v1/namespaces/default/configmaps");
+    let with_cert = support::front_client_with(&tether.pki, true, Some((&cert, &key)), Some(token.clone()));
+    let (status, _, body) = support::call(&with_cert, "GET", &url, "").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let without = support::front_client_with(&tether.pki, true, None, Some(token));
+    assert_eq!(support::call(&without, "GET", &url, "").await.0, 401, "a bound token without its certificate");
+
+    // An agent's certificate is no service.
+    let agent = (certs.join("agents/dev/agent-0.crt"), certs.join("agents/dev/agent-0.key"));
+    let impostor = support::front_client_with(&tether.pki, false, Some((&agent.0, &agent.1)), None);
+    let (status, _, body) =
+        support::call(&impostor, "POST", &format!("{console_url}/v1/token"), r#"{"clusters":["dev"]}"#).await;
+    assert_eq!(status, 401, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("not a tether service certificate"));
+    assert_eq!(decisions(&console).iter().filter(|d| d["user"] == user && d["status"] == 200).count(), 1);
+}

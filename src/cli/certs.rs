@@ -50,6 +50,18 @@ pub enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Issue a service's client certificate (DIR/services/NAME.crt): with it a service gets
+    /// certificate-bound tokens from the console, as the hub user tether:service:NAME.
+    Service {
+        #[arg(long, env = "TETHER_CERTS", default_value = "certs")]
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        #[arg(long)]
+        force: bool,
+    },
     /// Add an existing agent certificate's fingerprint to the stub's whitelist (DIR/whitelist).
     Register {
         #[arg(long, env = "TETHER_CERTS", default_value = "certs")]
@@ -99,6 +111,15 @@ impl CertsCommand {
                     Some(Registered::AlreadyPresent) => eprintln!("{cluster}/{name} was already registered"),
                     None => eprintln!("not registered: add `{cluster} {name} {fp}` to the stub's whitelist"),
                 }
+            }
+            CertsCommand::Service { dir, name, days, force } => {
+                let dir = CertDir::new(dir);
+                let fp = certs::service_in_dir(&dir, &name, days, force)?;
+                println!("{fp}");
+                eprintln!(
+                    "service certificate written to {} (the hub user tether:service:{name})",
+                    dir.service_cert(&name).display()
+                );
             }
             CertsCommand::Register { dir, cluster, name, cert } => {
                 let dir = CertDir::new(dir);

@@ -6,7 +6,10 @@
 //! may reach it ([`review`]); the answer is a token for the allowed clusters with the user and
 //! groups of the review, or a Kubernetes `Status`: 400 for a bad body, 401 for a credential the
 //! hub does not know, 403 naming the clusters refused when none is allowed, 503 when the hub's
-//! API server does not answer. Every decision is one JSON line in the audit log ([`audit`]).
+//! API server does not answer. A service may instead connect with a tether service certificate
+//! (`tether certs service`): it is then the hub user `tether:service:NAME` for the access
+//! reviews, and its token is bound to that certificate (RFC 8705). Every decision is one JSON
+//! line in the audit log ([`audit`]).
 //! `/healthz`, `/readyz` and `/metrics` are on `--admin-listen`, as for stub and agent.
 //!
 //! HTTPS with the stub's certificate from the certificate directory (the console runs beside
@@ -28,18 +31,26 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Readiness, Site};
 use crate::bridge::{self, Body};
+use crate::identity::certs;
 use crate::identity::files::{self, CertDir};
+use crate::identity::fingerprint::Fingerprint;
 use crate::identity::tls;
-use crate::identity::token::{self, Claims, TokenIssuer};
+use crate::identity::token::{self, Claims, Confirmation, TokenIssuer};
 use crate::metrics::{CounterVec, Text};
 use audit::{AuditTarget, Decision, DecisionLog};
 use request::{BadRequest, TokenResponse};
 use review::{Caller, Reviewer};
+
+/// The hub user a service with a tether service certificate is, for the hub's RBAC:
+/// `tether:service:NAME`, in group [`SERVICES_GROUP`].
+pub const SERVICE_USER_PREFIX: &str = "tether:service:";
+pub const SERVICES_GROUP: &str = "tether:services";
 
 /// The default lifetime of a token the console mints.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10 * 60);
@@ -160,10 +171,13 @@ impl Console {
                 let Ok(Ok(stream)) = tokio::time::timeout(REQUEST_TIMEOUT, acceptor.accept(tcp)).await else {
                     return tracing::debug!(%remote, "console TLS handshake failed or timed out");
                 };
+                // A client certificate, verified against the tether CA in the handshake.
+                let certificate = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).cloned();
                 let service = service_fn(move |req: Request<Incoming>| {
-                    let shared = shared.clone();
+                    let (shared, certificate) = (shared.clone(), certificate.clone());
                     async move {
-                        let answer = tokio::time::timeout(REQUEST_TIMEOUT, handle(&shared, req, remote)).await;
+                        let answer =
+                            tokio::time::timeout(REQUEST_TIMEOUT, handle(&shared, req, remote, certificate)).await;
                         Ok::<_, std::convert::Infallible>(answer.unwrap_or_else(|_| {
                             crate::status::response(StatusCode::REQUEST_TIMEOUT, "the request took too long")
                         }))
@@ -179,7 +193,12 @@ impl Console {
 }
 
 /// One request to the console.
-async fn handle(shared: &Shared, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+async fn handle(
+    shared: &Shared,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+    certificate: Option<CertificateDer<'static>>,
+) -> Response<Body> {
     if req.uri().path() != "/v1/token" {
         return crate::status::response(StatusCode::NOT_FOUND, "the console answers POST /v1/token only");
     }
@@ -189,7 +208,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>, remote: SocketAddr) -> 
     let credential =
         req.headers().get(http::header::AUTHORIZATION).and_then(|v| token::bearer(v.as_bytes())).map(str::to_owned);
     let mut decision = Decision::new(remote);
-    let answer = decide(shared, credential, req.into_body(), &mut decision).await;
+    let answer = decide(shared, credential, certificate, req.into_body(), &mut decision).await;
     let outcome = match answer.status() {
         StatusCode::OK => "minted",
         StatusCode::FORBIDDEN => "forbidden",
@@ -206,16 +225,35 @@ async fn handle(shared: &Shared, req: Request<Incoming>, remote: SocketAddr) -> 
 async fn decide(
     shared: &Shared,
     credential: Option<String>,
+    certificate: Option<CertificateDer<'static>>,
     body: Incoming,
     decision: &mut Decision,
 ) -> Response<Body> {
     use crate::status::response;
-    let Some(credential) = credential else {
-        decision.reason = "no bearer token".into();
-        return response(
-            StatusCode::UNAUTHORIZED,
-            "no credential: send your hub credential (a token the hub's API server accepts) as Authorization: Bearer",
-        );
+    // Who asks: a person (or anything with a hub credential) by bearer token, which the hub's
+    // API server must recognise; else a service by its tether service certificate, whose
+    // token is then bound to that certificate.
+    let service = match (&credential, &certificate) {
+        (Some(_), _) => None,
+        (None, Some(der)) => match certs::service_name_of(der) {
+            Some(name) => Some((name, Fingerprint::of_der(der))),
+            None => {
+                decision.reason = "a client certificate that names no service".into();
+                return response(
+                    StatusCode::UNAUTHORIZED,
+                    "this client certificate is not a tether service certificate (tether certs service); send a hub \
+                     credential as Authorization: Bearer instead",
+                );
+            }
+        },
+        (None, None) => {
+            decision.reason = "no credential".into();
+            return response(
+                StatusCode::UNAUTHORIZED,
+                "no credential: send your hub credential (a token the hub's API server accepts) as Authorization: \
+                 Bearer, or connect with a tether service certificate",
+            );
+        }
     };
     let body = match Limited::new(body, request::MAX_BODY).collect().await {
         Ok(body) => body.to_bytes(),
@@ -235,16 +273,22 @@ async fn decide(
         }
     };
     decision.asked = asked.clone();
-    let caller = match shared.reviewer.who(&credential).await {
-        Ok(Ok(caller)) => caller,
-        Ok(Err(why)) => {
-            decision.reason = format!("TokenReview: {why}");
-            return response(
-                StatusCode::UNAUTHORIZED,
-                format!("the hub's API server does not know this credential: {why}"),
-            );
+    let caller = match (&service, credential) {
+        (Some((name, _)), _) => {
+            Caller { user: format!("{SERVICE_USER_PREFIX}{name}"), groups: vec![SERVICES_GROUP.into()] }
         }
-        Err(e) => return unavailable(decision, e),
+        (None, Some(credential)) => match shared.reviewer.who(&credential).await {
+            Ok(Ok(caller)) => caller,
+            Ok(Err(why)) => {
+                decision.reason = format!("TokenReview: {why}");
+                return response(
+                    StatusCode::UNAUTHORIZED,
+                    format!("the hub's API server does not know this credential: {why}"),
+                );
+            }
+            Err(e) => return unavailable(decision, e),
+        },
+        (None, None) => unreachable!("refused above"),
     };
     decision.user = Some(caller.user.clone());
     decision.groups = caller.groups.clone();
@@ -262,7 +306,11 @@ async fn decide(
         decision.reason = "no cluster allowed".into();
         return response(StatusCode::FORBIDDEN, forbidden(&caller, &refused));
     }
-    let claims = Claims::new(&caller.user, &caller.groups, &allowed, shared.ttl);
+    let mut claims = Claims::new(&caller.user, &caller.groups, &allowed, shared.ttl);
+    if let Some((_, fingerprint)) = &service {
+        // Good only on a connection that presents the same certificate (RFC 8705).
+        claims.cnf = Some(Confirmation::for_certificate(fingerprint));
+    }
     if let Err(e) = claims.validate_identity() {
         decision.reason = e.to_string();
         return response(StatusCode::FORBIDDEN, format!("no token for this identity: {e}"));

@@ -149,6 +149,19 @@ impl Signer {
         self.sign(params, "stub")
     }
 
+    /// A service's client certificate, for the console: it names the service in a URI
+    /// ([`service_name_of`]), and the console gets the hub's RBAC decision for the user
+    /// `tether:service:NAME`.
+    pub fn issue_service(&self, name: &str, validity: Validity) -> Result<Minted, CertError> {
+        names::validate("service name", name)?;
+        let mut params = params(&format!("tether service {name}"), validity);
+        let uri = format!("{SERVICE_URI_PREFIX}{name}");
+        params.subject_alt_names.push(SanType::URI(uri.clone().try_into().map_err(|_| CertError::BadSan(uri))?));
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params, "service")
+    }
+
     /// An agent's client certificate. The subject names cluster and agent for humans; the stub
     /// trusts only the whitelist entry of its fingerprint.
     pub fn issue_agent(&self, cluster: &str, name: &str, validity: Validity) -> Result<Minted, CertError> {
@@ -159,6 +172,25 @@ impl Signer {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.sign(params, "agent")
     }
+}
+
+/// The URI a service certificate names its service by, `tether://service/NAME`; agent and stub
+/// certificates carry none, so neither can pass for a service.
+const SERVICE_URI_PREFIX: &str = "tether://service/";
+
+/// The service a client certificate names (`tether certs service`), if it is a service
+/// certificate. The caller has already verified that it chains to the tether CA.
+pub fn service_name_of(der: &rustls::pki_types::CertificateDer<'_>) -> Option<String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let sans = cert.subject_alternative_name().ok()??;
+    sans.value.general_names.iter().find_map(|name| match name {
+        GeneralName::URI(uri) => uri
+            .strip_prefix(SERVICE_URI_PREFIX)
+            .filter(|n| names::validate("service name", n).is_ok())
+            .map(str::to_owned),
+        _ => None,
+    })
 }
 
 /// The Ed25519 key pair that signs user tokens: (private PKCS#8 PEM, public SPKI PEM).
@@ -180,6 +212,16 @@ pub fn stub_in_dir(dir: &CertDir, sans: &[String], days: u32, force: bool) -> Re
     files::refuse_overwrite(&[&dir.stub_cert(), &dir.stub_key()], force)?;
     let minted = Signer::load(dir)?.issue_stub(sans, Validity::days(days))?;
     minted.save(&dir.stub_cert(), &dir.stub_key())?;
+    Ok(minted.fingerprint)
+}
+
+/// `tether certs service`: a service's client certificate in `dir`.
+pub fn service_in_dir(dir: &CertDir, name: &str, days: u32, force: bool) -> Result<Fingerprint, CertError> {
+    names::validate("service name", name)?;
+    let (cert, key) = (dir.service_cert(name), dir.service_key(name));
+    files::refuse_overwrite(&[&cert, &key], force)?;
+    let minted = Signer::load(dir)?.issue_service(name, Validity::days(days))?;
+    minted.save(&cert, &key)?;
     Ok(minted.fingerprint)
 }
 
@@ -238,6 +280,19 @@ pub fn fingerprint_of_file(path: &std::path::Path) -> Result<Fingerprint, FileEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_service_certificate_names_a_service() {
+        let ca = new_ca("tether CA", Validity::days(1)).unwrap();
+        let signer = Signer::from_pem(&ca.cert_pem, &ca.key_pem).unwrap();
+        let service = signer.issue_service("ci-bot", Validity::days(1)).unwrap();
+        assert_eq!(service_name_of(&service.der).as_deref(), Some("ci-bot"));
+        let agent = signer.issue_agent("dev", "agent-0", Validity::days(1)).unwrap();
+        assert_eq!(service_name_of(&agent.der), None, "an agent certificate is no service");
+        let stub = signer.issue_stub(&["localhost".into()], Validity::days(1)).unwrap();
+        assert_eq!(service_name_of(&stub.der), None);
+        assert!(matches!(signer.issue_service("CI Bot", Validity::days(1)), Err(CertError::Name(_))));
+    }
 
     #[test]
     fn a_directory_bootstraps_and_refuses_to_clobber() {

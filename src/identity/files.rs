@@ -41,6 +41,13 @@ impl CertDir {
     pub fn agent_key(&self, cluster: &str, name: &str) -> PathBuf {
         self.root.join("agents").join(cluster).join(format!("{name}.key"))
     }
+    /// A service's client certificate (`tether certs service`), for the console.
+    pub fn service_cert(&self, name: &str) -> PathBuf {
+        self.root.join("services").join(format!("{name}.crt"))
+    }
+    pub fn service_key(&self, name: &str) -> PathBuf {
+        self.root.join("services").join(format!("{name}.key"))
+    }
     pub fn whitelist(&self) -> PathBuf {
         self.root.join("whitelist")
     }
