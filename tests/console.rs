@@ -76,11 +76,16 @@ spec:
 async fn start_console(certs: &Path, hub: &DevCluster) -> (Proc, String) {
     let hub_kubeconfig = hub.admin_kubeconfig();
     let args = ["console", "--certs", certs.to_str().unwrap(), "--listen", "127.0.0.1:0", "--ttl", TTL];
-    let mut console =
-        Proc::spawn("console", &[&args[..], &["--hub-kubeconfig", hub_kubeconfig.to_str().unwrap()]].concat());
+    let more = ["--hub-kubeconfig", hub_kubeconfig.to_str().unwrap(), "--admin-listen", "127.0.0.1:0"];
+    let mut console = Proc::spawn("console", &[&args[..], &more[..]].concat());
     let line = console.wait_for("console listening").await;
     let addr = line.split("https=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
     (console, format!("https://{addr}"))
+}
+
+/// `HOST:PORT` of a console's admin listener.
+async fn admin_of(console: &mut Proc) -> String {
+    support::admin::admin_addr(&console.wait_for("admin listening").await)
 }
 
 /// The console's audit lines (JSON on its stdout).
@@ -230,6 +235,18 @@ async fn the_console_refuses_what_the_hub_refuses_and_says_why() {
     let statuses: Vec<u64> = decisions(&console).iter().map(|d| d["status"].as_u64().unwrap()).collect();
     assert!(statuses.starts_with(&[200, 403, 401, 403]), "{statuses:?}");
     assert_eq!(decisions(&console)[2]["user"], Value::Null, "no user for an unknown credential");
+
+    // Its probes and metrics, like the stub's and the agent's.
+    let admin = admin_of(&mut console).await;
+    assert_eq!(support::admin::admin_get(&admin, "/healthz").await.0, 200);
+    assert_eq!(support::admin::admin_get(&admin, "/readyz").await.0, 200);
+    let (_, metrics) = support::admin::admin_get(&admin, "/metrics").await;
+    let count = |outcome: &str| {
+        support::admin::sample(&metrics, &format!("tether_console_decisions_total{{outcome=\"{outcome}\"}}"))
+    };
+    assert_eq!(count("minted"), Some(1.0), "{metrics}");
+    assert_eq!(count("unauthenticated"), Some(1.0), "{metrics}");
+    assert!(count("forbidden").is_some_and(|n| n >= 3.0), "{metrics}");
 
     // The console down: a plain error from the plugin at once, not a hang.
     console.signal("TERM");
