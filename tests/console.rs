@@ -248,6 +248,17 @@ async fn the_console_refuses_what_the_hub_refuses_and_says_why() {
     assert_eq!(count("unauthenticated"), Some(1.0), "{metrics}");
     assert!(count("forbidden").is_some_and(|n| n >= 3.0), "{metrics}");
 
+    // A bad body is refused before the hub is asked, naming what is wrong; other paths and
+    // methods get a Status too.
+    let raw = support::front_client_with(&pki, false, None, Some(hub.env("ALICE_TOKEN").to_owned()));
+    let token_url = format!("{console_url}/v1/token");
+    let (status, _, body) = support::call(&raw, "POST", &token_url, r#"{"clusters":["Prod/x"]}"#).await;
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("Prod/x"), "{}", String::from_utf8_lossy(&body));
+    assert_eq!(support::call(&raw, "GET", &token_url, "").await.0, 405);
+    assert_eq!(support::call(&raw, "POST", &format!("{console_url}/v1/other"), "{}").await.0, 404);
+    assert_eq!(decisions(&console).last().unwrap()["status"], 400, "the refused body is audited");
+
     // The console down: a plain error from the plugin at once, not a hang.
     console.signal("TERM");
     console.wait_exit().await;
