@@ -4,11 +4,13 @@
 # and (as root) a real node that runs real pods (scripts/dev-node.sh: containerd, runc, CNI,
 # kubelet).
 #
-#   scripts/dev-cluster.sh start [--no-node] DIR
+#   scripts/dev-cluster.sh start [--no-node] [--apiserver-flag FLAG]... DIR
 #                               build if needed (kube-build.sh), start the control plane (and the
 #                               node, unless --no-node), write DIR/{admin,agent}.kubeconfig,
 #                               DIR/env, pid files, logs; wait until it serves (and the node is
-#                               Ready)
+#                               Ready). Each --apiserver-flag FLAG (repeatable) is appended to
+#                               kube-apiserver's command line, e.g.
+#                               --apiserver-flag --oidc-issuer-url=https://127.0.0.1:1234
 #   scripts/dev-cluster.sh stop DIR     stop exactly what `start DIR` started, and undo what the
 #                                       node changed on the host
 #   scripts/dev-cluster.sh status DIR   say whether the cluster in DIR is running
@@ -48,7 +50,7 @@ ADMIN_USER=tether-admin
 
 usage() {
   cat >&2 <<EOF
-usage: $PROG start [--no-node] DIR
+usage: $PROG start [--no-node] [--apiserver-flag FLAG]... DIR
        $PROG stop DIR
        $PROG status DIR
        $PROG build
@@ -56,7 +58,8 @@ usage: $PROG start [--no-node] DIR
 start   starts etcd, kube-apiserver, kube-controller-manager and kube-scheduler $KUBE_VERSION
         (free ports on 127.0.0.1) and, unless --no-node (or not root), a node with containerd
         and kubelet; writes kubeconfigs and DIR/env; builds the binaries first if
-        $KUBE_CACHE_DIR lacks them
+        $KUBE_CACHE_DIR lacks them. --apiserver-flag FLAG (repeatable) appends FLAG to
+        kube-apiserver's command line (e.g. --apiserver-flag --oidc-issuer-url=https://...)
 stop    stops the processes recorded in DIR (idempotent)
 status  says whether the cluster in DIR is running (exit 0 running, 3 not running, 1 partly)
 build   builds kube-apiserver $KUBE_VERSION and fetches etcd once, into $KUBE_CACHE_DIR
@@ -242,6 +245,9 @@ control_plane_ready() {
 
 do_start() {
   local dir=$1 node=$2
+  shift 2
+  # Extra kube-apiserver flags (--apiserver-flag), appended after the script's own.
+  local apiserver_flags=("$@")
   need_cmds openssl curl setsid kubectl base64 awk python3
   if $node && (($(id -u) != 0)); then
     die "a node (real pods) needs root; as $(id -un), start the cluster with --no-node"
@@ -351,6 +357,7 @@ EOF
 
   # -- kube-apiserver --
   log "starting kube-apiserver $KUBE_VERSION on $api_url"
+  if ((${#apiserver_flags[@]})); then log "  extra kube-apiserver flags: ${apiserver_flags[*]}"; fi
   start_daemon "$dir" apiserver "$dir/apiserver.log" "$KUBE_APISERVER_BIN" \
     --etcd-servers="$etcd_url" \
     --bind-address="$bind" --advertise-address=127.0.0.1 \
@@ -364,7 +371,8 @@ EOF
     --service-account-key-file="$P/sa.pub" --service-account-signing-key-file="$P/sa.key" \
     --service-cluster-ip-range=10.0.0.0/24 \
     --endpoint-reconciler-type=none \
-    --profiling=false
+    --profiling=false \
+    "${apiserver_flags[@]}"
   local api_pid api_t0=$SECONDS
   api_pid=$(cat "$dir/apiserver.pid")
   rc=0
@@ -488,10 +496,16 @@ main() {
   case $cmd in
     build) (($# == 0)) || usage; exec bash "$HERE/kube-build.sh" ;;
     start)
-      local node=true
-      if [[ ${1:-} == --no-node ]]; then node=false; shift; fi
+      local node=true apiserver_flags=()
+      while (($#)); do
+        case $1 in
+          --no-node) node=false; shift ;;
+          --apiserver-flag) (($# >= 2)) || usage; apiserver_flags+=("$2"); shift 2 ;;
+          *) break ;;
+        esac
+      done
       (($# == 1)) || usage
-      do_start "$1" "$node"
+      do_start "$1" "$node" "${apiserver_flags[@]}"
       ;;
     stop) (($# == 1)) || usage; do_stop "$1" ;;
     status) (($# == 1)) || usage; do_status "$1" ;;

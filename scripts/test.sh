@@ -22,6 +22,8 @@ packages=(containerd runc containernetworking-plugins umoci iptables busybox-sta
 if [ "$(id -u)" = 0 ]; then
   missing=()
   for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  # The OIDC login tests' scripted browser (tests/support/oidc_browser.py) needs python3's requests.
+  python3 -c 'import requests' 2>/dev/null || missing+=(python3-requests)
   if ((${#missing[@]})); then
     echo "installing ${missing[*]}" >&2
     apt-get update -qq
@@ -40,6 +42,10 @@ if ! command -v kubectl >/dev/null; then
   echo "error: kubectl is not installed; the end-to-end tests drive the real kubectl" >&2
   exit 1
 fi
+
+say "the OpenID Connect provider for the login tests (npm oidc-provider, installed once, cached outside the repo)"
+# Installs node and npm first if missing (as root); the tests find it with scripts/oidc-provider.sh dir.
+bash scripts/oidc-provider.sh install >/dev/null
 
 say "formatting (cargo fmt --check)"
 cargo fmt --all -- --check

@@ -63,5 +63,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Link(link) => link.run().await,
         Command::Console(console) => console.run().await,
         Command::Credential(credential) => credential.run().await,
+        Command::Login(login) => login.run().await,
     }
 }

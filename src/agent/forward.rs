@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderValue, Request, StatusCode};
+use http::{Request, StatusCode};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -97,30 +97,6 @@ fn authenticate(forwarder: &Forwarder, head: &RequestHead) -> Result<Claims, (St
     })
 }
 
-/// Removes every header by which a caller could speak for someone at the API server
-/// ([`bridge::speaks_for_someone`]): its own `Authorization` (the agent sends its own
-/// credential), all `Impersonate-*` headers (the agent alone decides whom to impersonate) and
-/// `X-Remote-*`. Header names are lowercase here, so this also catches `IMPERSONATE-USER` and
-/// friends. The stub has dropped them already; this is the agent's own check.
-pub fn scrub_caller_identity(headers: &mut http::HeaderMap) {
-    let names: Vec<http::HeaderName> =
-        headers.keys().filter(|name| bridge::speaks_for_someone(name.as_str())).cloned().collect();
-    for name in names {
-        headers.remove(name);
-    }
-}
-
-/// Sets `Impersonate-User` and one `Impersonate-Group` per group from verified claims. A value
-/// that cannot be a header refuses the request rather than impersonating someone else.
-pub fn impersonate(headers: &mut http::HeaderMap, claims: &Claims) -> Result<(), http::header::InvalidHeaderValue> {
-    scrub_caller_identity(headers);
-    headers.insert("impersonate-user", HeaderValue::from_str(&claims.sub)?);
-    for group in &claims.groups {
-        headers.append("impersonate-group", HeaderValue::from_str(group)?);
-    }
-    Ok(())
-}
-
 /// Whether a request is a watch (a GET with `watch=true` or `watch=1`): one that never ends by
 /// itself, and may be ended cleanly at any time.
 pub fn is_watch(method: &str, path_and_query: &str) -> bool {
@@ -160,7 +136,7 @@ async fn forward(
         if let Err(e) = super::impersonation::apply(&mut headers, claims, &asked) {
             return respond_error(&forwarder.metrics, &mut send, StatusCode::BAD_REQUEST, &e).await;
         }
-    } else if impersonate(&mut headers, claims).is_err() {
+    } else if super::impersonation::impersonate(&mut headers, claims).is_err() {
         return respond_error(
             &forwarder.metrics,
             &mut send,
@@ -299,6 +275,7 @@ async fn respond_error(metrics: &super::metrics::AgentMetrics, send: &mut SendHa
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::impersonation::{impersonate, scrub_caller_identity};
     use std::time::Duration;
 
     #[test]

@@ -1,3 +1,7 @@
+//! Whom the agent impersonates: the verified caller ([`impersonate`], after removing every
+//! caller-chosen identity header, [`scrub_caller_identity`]), or, for `kubectl --as` and
+//! `--as-group`, whom the caller asked for once the cluster says the caller may.
+//!
 //! `kubectl --as` and `--as-group` through the tunnel. The stub passes what a caller asked to
 //! act as under tether's own header names ([`bridge::AS_USER_HEADER`]); the agent never takes it
 //! on trust. It asks its API server, as the caller (a `SelfSubjectAccessReview` sent with the
@@ -36,6 +40,30 @@ pub fn permissions(asked: &AskedImpersonation) -> Vec<(&'static str, String)> {
     needed
 }
 
+/// Removes every header by which a caller could speak for someone at the API server
+/// ([`bridge::speaks_for_someone`]): its own `Authorization` (the agent sends its own
+/// credential), all `Impersonate-*` headers (the agent alone decides whom to impersonate) and
+/// `X-Remote-*`. Header names are lowercase here, so this also catches `IMPERSONATE-USER` and
+/// friends. The stub has dropped them already; this is the agent's own check.
+pub fn scrub_caller_identity(headers: &mut http::HeaderMap) {
+    let names: Vec<http::HeaderName> =
+        headers.keys().filter(|name| bridge::speaks_for_someone(name.as_str())).cloned().collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+/// Sets `Impersonate-User` and one `Impersonate-Group` per group from verified claims. A value
+/// that cannot be a header refuses the request rather than impersonating someone else.
+pub fn impersonate(headers: &mut http::HeaderMap, claims: &Claims) -> Result<(), http::header::InvalidHeaderValue> {
+    scrub_caller_identity(headers);
+    headers.insert("impersonate-user", HeaderValue::from_str(&claims.sub)?);
+    for group in &claims.groups {
+        headers.append("impersonate-group", HeaderValue::from_str(group)?);
+    }
+    Ok(())
+}
+
 /// Whether `claims`' caller may impersonate as `asked`: `Ok(None)` yes, `Ok(Some(why))` no (a
 /// message for the 403), `Err` the API server did not answer.
 pub async fn check(upstream: &Upstream, claims: &Claims, asked: &AskedImpersonation) -> Result<Option<String>, String> {
@@ -49,7 +77,7 @@ pub async fn check(upstream: &Upstream, claims: &Claims, asked: &AskedImpersonat
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(bridge::full(review.to_string()))
             .map_err(|e| e.to_string())?;
-        super::forward::impersonate(request.headers_mut(), claims).map_err(|e| e.to_string())?;
+        impersonate(request.headers_mut(), claims).map_err(|e| e.to_string())?;
         let response = upstream.send(request).await.map_err(|e| crate::errors::chain(&*e))?;
         let status = response.status();
         let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
@@ -77,7 +105,7 @@ pub async fn check(upstream: &Upstream, claims: &Claims, asked: &AskedImpersonat
 /// Sets the impersonation of an allowed `--as`: the asked-for user and groups, and the caller
 /// in [`CALLER_EXTRA`]. Every caller-chosen identity header is gone first.
 pub fn apply(headers: &mut http::HeaderMap, claims: &Claims, asked: &AskedImpersonation) -> Result<(), String> {
-    super::forward::scrub_caller_identity(headers);
+    scrub_caller_identity(headers);
     let value = |v: &str| HeaderValue::from_str(v).map_err(|_| format!("{v:?} is not a valid header value"));
     let user = asked.user.as_deref().ok_or("--as-group without --as")?;
     headers.insert("impersonate-user", value(user)?);

@@ -10,6 +10,7 @@ use clap::Args;
 
 use crate::console::audit::AuditTarget;
 use crate::console::credential::{self, CredentialConfig, HubCredential};
+use crate::console::login::{self, LoginConfig, LoginOptions};
 use crate::console::{Console, ConsoleConfig};
 use crate::identity::files::CertDir;
 
@@ -41,6 +42,13 @@ pub struct ConsoleArgs {
     /// Where the audit lines go: a file, "-" for stdout, or "off".
     #[arg(long, env = "TETHER_CONSOLE_AUDIT_LOG", default_value = "-")]
     audit_log: AuditTarget,
+    /// The hub's OpenID Connect provider (the issuer URL its API server's --oidc-issuer-url
+    /// names), for people to sign in with `tether login`.
+    #[arg(long, env = "TETHER_OIDC_ISSUER")]
+    oidc_issuer: Option<String>,
+    /// The client id people sign in with (the API server's --oidc-client-id).
+    #[arg(long, env = "TETHER_OIDC_CLIENT_ID", default_value = "tether")]
+    oidc_client_id: String,
 }
 
 impl ConsoleArgs {
@@ -53,6 +61,11 @@ impl ConsoleArgs {
             ttl: self.ttl,
             tls: self.tls_cert.zip(self.tls_key),
             audit: self.audit_log,
+            login: self.oidc_issuer.map(|issuer| LoginConfig {
+                issuer,
+                client_id: self.oidc_client_id,
+                scopes: login::SCOPES.into(),
+            }),
         };
         let console = Console::bind(config).await.context("starting the console")?;
         tracing::info!(https = %console.local_addr()?, ttl = ?self.ttl, "console listening (POST /v1/token)");
@@ -80,23 +93,31 @@ pub struct CredentialArgs {
     #[arg(long)]
     ca: PathBuf,
     /// Your hub credential: the token of this kubeconfig's current user.
-    #[arg(long, conflicts_with = "hub_token_file", required_unless_present = "hub_token_file")]
+    #[arg(long, conflicts_with_all = ["hub_token_file", "login"], required_unless_present_any = ["hub_token_file", "login"])]
     hub_kubeconfig: Option<PathBuf>,
+    /// Your hub credential: the sign-in `tether login` keeps for this console.
+    #[arg(long, conflicts_with = "hub_token_file")]
+    login: bool,
+    /// With --login: the CA of the OpenID Connect provider's certificate (default: --ca).
+    #[arg(long, requires = "login")]
+    oidc_ca: Option<PathBuf>,
     /// Your hub credential: a file holding a token the hub's API server accepts.
     #[arg(long)]
     hub_token_file: Option<PathBuf>,
-    /// Where tokens are cached (default: $XDG_CACHE_HOME/tether/credentials or
-    /// ~/.cache/tether/credentials).
+    /// The cache directory: tokens in it (default: $XDG_CACHE_HOME/tether/credentials or
+    /// ~/.cache/tether/credentials), and with --login the sign-in in its login/ (default
+    /// ~/.cache/tether/login).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
 }
 
 impl CredentialArgs {
     pub fn config(self) -> CredentialConfig {
-        let hub = match (self.hub_token_file, self.hub_kubeconfig) {
-            (Some(file), _) => HubCredential::TokenFile(file),
-            (None, Some(kubeconfig)) => HubCredential::Kubeconfig(kubeconfig),
-            (None, None) => unreachable!("clap requires one of them"),
+        let hub = match (self.hub_token_file, self.hub_kubeconfig, self.login) {
+            (Some(file), _, _) => HubCredential::TokenFile(file),
+            (None, Some(kubeconfig), _) => HubCredential::Kubeconfig(kubeconfig),
+            (None, None, true) => HubCredential::Login { oidc_ca: self.oidc_ca.unwrap_or_else(|| self.ca.clone()) },
+            (None, None, false) => unreachable!("clap requires one of them"),
         };
         CredentialConfig {
             console: self.console,
@@ -111,6 +132,40 @@ impl CredentialArgs {
     pub async fn run(self) -> anyhow::Result<()> {
         let cached = credential::credential(&self.config()).await?;
         println!("{}", credential::exec_credential(&cached));
+        Ok(())
+    }
+}
+
+#[derive(Args)]
+pub struct LoginArgs {
+    /// The console, https://HOST:PORT (it names the hub's OpenID Connect provider).
+    #[arg(long, env = "TETHER_CONSOLE")]
+    console: String,
+    /// The CA of the console's certificate (the tether CA).
+    #[arg(long)]
+    ca: PathBuf,
+    /// The CA of the provider's certificate (default: --ca).
+    #[arg(long)]
+    oidc_ca: Option<PathBuf>,
+    /// The cache directory, as for tether credential: the sign-in goes to its login/ (default:
+    /// $XDG_CACHE_HOME/tether or ~/.cache/tether).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+}
+
+impl LoginArgs {
+    /// Signs in with the device grant: prints where to go and the code, waits, keeps the tokens.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let options = LoginOptions {
+            console: self.console,
+            oidc_ca: self.oidc_ca.unwrap_or_else(|| self.ca.clone()),
+            ca: self.ca,
+            cache_dir: self.cache_dir,
+        };
+        let (session, who) = login::login(&options).await?;
+        let until =
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(session.expires));
+        eprintln!("signed in to {} as {who} (until {until}; renewed as needed)", session.issuer);
         Ok(())
     }
 }

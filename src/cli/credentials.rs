@@ -75,8 +75,14 @@ pub struct KubeconfigArgs {
     #[arg(long, requires = "exec", conflicts_with = "hub_kubeconfig")]
     hub_token_file: Option<PathBuf>,
     /// With --exec: the plugin's hub credential, the token of this kubeconfig's current user.
-    #[arg(long, requires = "exec")]
+    #[arg(long, requires = "exec", conflicts_with = "login")]
     hub_kubeconfig: Option<PathBuf>,
+    /// With --exec: the plugin's hub credential, the sign-in of `tether login`.
+    #[arg(long, requires = "exec", conflicts_with = "hub_token_file")]
+    login: bool,
+    /// With --login: the CA of the OpenID Connect provider's certificate (default: the tether CA).
+    #[arg(long, requires = "login")]
+    oidc_ca: Option<PathBuf>,
     /// Add the entries to this kubeconfig (written in place, whole; its other entries and its
     /// current context stay) instead of printing a new one.
     #[arg(long)]
@@ -158,8 +164,12 @@ impl KubeconfigArgs {
         match (&self.hub_token_file, &self.hub_kubeconfig) {
             (Some(file), _) => args.extend(["--hub-token-file".into(), absolute(file)?]),
             (None, Some(kubeconfig)) => args.extend(["--hub-kubeconfig".into(), absolute(kubeconfig)?]),
+            (None, None) if self.login => {
+                let oidc_ca = self.oidc_ca.clone().unwrap_or_else(|| dir.ca_cert());
+                args.extend(["--login".into(), "--oidc-ca".into(), absolute(&oidc_ca)?]);
+            }
             (None, None) => {
-                anyhow::bail!("--exec: give the plugin a hub credential, --hub-token-file or --hub-kubeconfig")
+                anyhow::bail!("--exec: give the plugin a hub credential: --hub-token-file, --hub-kubeconfig or --login")
             }
         }
         Ok(args)

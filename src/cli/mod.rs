@@ -4,7 +4,7 @@
 //! - [`stub`], [`agent`]: the two sides of the tunnel.
 //! - [`certs`]: `tether certs ...`, the CA and every certificate.
 //! - [`credentials`]: `tether token` and `tether kubeconfig`, for users and services.
-//! - [`console`]: `tether console` and `tether credential` (kubectl's exec plugin).
+//! - [`console`]: `tether console`, `tether credential` (kubectl's exec plugin) and `tether login`.
 //! - [`register`]: `tether register`, the manifest that installs an agent.
 //! - [`hub`]: `tether hub`, the hub's own manifest (stub replicas, Services, Lease RBAC).
 //! - [`bench`]: `tether bench`, the load harness.
@@ -71,6 +71,8 @@ pub enum Command {
     Console(Box<console::ConsoleArgs>),
     /// kubectl's exec credential plugin: a token from the console, cached and refreshed.
     Credential(console::CredentialArgs),
+    /// Sign in at the hub's OpenID Connect provider (device grant), for tether credential --login.
+    Login(console::LoginArgs),
 }
 
 #[derive(Args)]

@@ -6,24 +6,19 @@
 //! Tokens are cached per console, cluster and hub credential in the user's cache directory
 //! (`$XDG_CACHE_HOME/tether/credentials`, or `~/.cache/...`; files mode 0600, written whole),
 //! and reused until [`refresh_margin`] before they expire. The console down, or refusing, gives
-//! kubectl a clear error at once (bounded by [`FETCH_TIMEOUT`]), never a hang.
+//! kubectl a clear error at once (bounded by [`super::https::REQUEST_TIMEOUT`]), never a hang.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
+use super::https::HttpsClient;
 use super::request::{TokenRequest, TokenResponse};
-use crate::bridge::{self, Body};
-use crate::identity::files::{self, Mode};
-
-/// A fetch from the console that takes longer has failed.
-pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::bridge;
+use crate::identity::files;
 
 /// Where the hub credential comes from.
 #[derive(Debug, Clone)]
@@ -32,16 +27,22 @@ pub enum HubCredential {
     TokenFile(PathBuf),
     /// The token of the current context's user in this kubeconfig.
     Kubeconfig(PathBuf),
+    /// The id token `tether login` keeps for the console (refreshed when about to expire),
+    /// from the provider whose certificate this CA signed.
+    Login { oidc_ca: PathBuf },
 }
 
 impl HubCredential {
     /// The bearer token.
-    pub fn read(&self) -> anyhow::Result<String> {
+    pub async fn read(&self, config: &CredentialConfig) -> anyhow::Result<String> {
         let token = match self {
             HubCredential::TokenFile(path) => {
                 files::load_text(path, "cannot read the hub token file")?.trim().to_owned()
             }
             HubCredential::Kubeconfig(path) => token_of_current_user(path)?,
+            HubCredential::Login { oidc_ca } => {
+                super::login::id_token(&config.console, oidc_ca, config.cache_dir.as_deref()).await?
+            }
         };
         anyhow::ensure!(!token.is_empty(), "the hub credential is empty");
         Ok(token)
@@ -131,15 +132,10 @@ pub fn exec_credential(cached: &Cached) -> serde_json::Value {
 }
 
 fn cache_dir(config: &CredentialConfig) -> anyhow::Result<PathBuf> {
-    if let Some(dir) = &config.cache_dir {
-        return Ok(dir.clone());
+    match &config.cache_dir {
+        Some(dir) => Ok(dir.clone()),
+        None => Ok(super::cache::user_cache_dir()?.join("credentials")),
     }
-    let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").context("no $HOME nor $XDG_CACHE_HOME for the token cache")?)
-            .join(".cache"),
-    };
-    Ok(base.join("tether").join("credentials"))
 }
 
 /// The cache file of this console, cluster and hub credential (a digest: the file name says
@@ -157,7 +153,7 @@ fn cache_file(config: &CredentialConfig, hub_token: &str) -> anyhow::Result<Path
 /// A token for the cluster: the cached one if still fresh, else a new one from the console
 /// (cached).
 pub async fn credential(config: &CredentialConfig) -> anyhow::Result<Cached> {
-    let hub_token = config.hub.read()?;
+    let hub_token = config.hub.read(config).await?;
     let path = cache_file(config, &hub_token)?;
     let now = crate::identity::token::unix_now();
     if let Ok(text) = std::fs::read_to_string(&path)
@@ -166,40 +162,20 @@ pub async fn credential(config: &CredentialConfig) -> anyhow::Result<Cached> {
     {
         return Ok(cached);
     }
-    let answer = tokio::time::timeout(FETCH_TIMEOUT, fetch(config, &hub_token))
-        .await
-        .map_err(|_| anyhow::anyhow!("the console at {} did not answer within {FETCH_TIMEOUT:?}", config.console))??;
+    let answer = fetch(config, &hub_token).await?;
     let expires = humantime::parse_rfc3339(&answer.expiration_timestamp)
         .with_context(|| format!("the console sent a bad expirationTimestamp {:?}", answer.expiration_timestamp))?
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
     let cached = Cached { token: answer.token, issued: now, expires };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating the token cache {}", dir.display()))?;
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-    }
-    files::save(&path, &serde_json::to_vec(&cached)?, Mode::Secret)?;
+    super::cache::save_private(&path, &serde_json::to_vec(&cached)?)?;
     Ok(cached)
 }
 
 async fn fetch(config: &CredentialConfig, hub_token: &str) -> anyhow::Result<TokenResponse> {
-    let mut roots = rustls::RootCertStore::empty();
-    match &config.ca {
-        Some(ca) => {
-            for cert in files::load_certs(ca)? {
-                roots.add(cert).with_context(|| format!("{}: not a usable CA certificate", ca.display()))?;
-            }
-        }
-        None => anyhow::bail!("--ca FILE: the CA of the console's certificate (the tether CA, certs/ca.crt)"),
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(crate::identity::tls::provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().build();
-    let client: Client<_, Body> = Client::builder(TokioExecutor::new()).build::<_, Body>(connector);
+    let ca = config.ca.as_deref().context("--ca FILE: the CA of the console's certificate (the tether CA)")?;
+    let client = HttpsClient::new(ca)?;
     let url = format!("{}/v1/token", config.console.trim_end_matches('/'));
     let body = serde_json::to_vec(&TokenRequest { clusters: vec![config.cluster.clone()] })?;
     let request = http::Request::post(&url)
@@ -207,20 +183,11 @@ async fn fetch(config: &CredentialConfig, hub_token: &str) -> anyhow::Result<Tok
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(bridge::full(body))
         .with_context(|| format!("--console {:?}: not a URL", config.console))?;
-    let response = client
-        .request(request)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot reach the console at {}: {}", config.console, crate::errors::chain(&e)))?;
-    let status = response.status();
-    let bytes = response.into_body().collect().await.context("reading the console's answer")?.to_bytes();
-    if !status.is_success() {
-        let message = serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
-            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-        anyhow::bail!("the console refused ({status}): {message}");
+    let answer = client.send("the console", request).await?;
+    if !answer.status.is_success() {
+        anyhow::bail!("the console refused ({}): {}", answer.status, answer.message());
     }
-    serde_json::from_slice(&bytes).context("the console's answer is not a token response")
+    serde_json::from_value(answer.body).context("the console's answer is not a token response")
 }
 
 #[cfg(test)]

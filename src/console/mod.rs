@@ -16,7 +16,10 @@
 //! the stub, under a name in that certificate), or `--tls-cert`/`--tls-key`.
 
 pub mod audit;
+pub mod cache;
 pub mod credential;
+pub mod https;
+pub mod login;
 pub mod request;
 pub mod review;
 
@@ -73,6 +76,8 @@ pub struct ConsoleConfig {
     /// Certificate and key to serve HTTPS with, instead of the stub's.
     pub tls: Option<(PathBuf, PathBuf)>,
     pub audit: AuditTarget,
+    /// The hub's OpenID Connect provider, for `tether login` (`GET /v1/login`).
+    pub login: Option<login::LoginConfig>,
 }
 
 /// Counts of the console's decisions, for `/metrics`.
@@ -91,6 +96,7 @@ impl ConsoleMetrics {
 }
 
 struct Shared {
+    login: Option<login::LoginConfig>,
     issuer: TokenIssuer,
     reviewer: Reviewer,
     ttl: Duration,
@@ -134,6 +140,7 @@ impl Console {
             None => None,
         };
         let shared = Arc::new(Shared {
+            login: config.login.clone(),
             issuer,
             reviewer: Reviewer::new(client, server),
             ttl: config.ttl,
@@ -199,8 +206,24 @@ async fn handle(
     remote: SocketAddr,
     certificate: Option<CertificateDer<'static>>,
 ) -> Response<Body> {
+    if req.uri().path() == "/v1/login" && req.method() == Method::GET {
+        // Which provider and client `tether login` signs in with: public, no credential.
+        return match &shared.login {
+            Some(config) => {
+                let mut response = Response::new(bridge::full(serde_json::to_vec(config).expect("serializable")));
+                response
+                    .headers_mut()
+                    .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+                response
+            }
+            None => crate::status::response(
+                StatusCode::NOT_FOUND,
+                "this console has no sign-in for people (it runs without --oidc-issuer): bring a hub credential",
+            ),
+        };
+    }
     if req.uri().path() != "/v1/token" {
-        return crate::status::response(StatusCode::NOT_FOUND, "the console answers POST /v1/token only");
+        return crate::status::response(StatusCode::NOT_FOUND, "the console answers POST /v1/token and GET /v1/login");
     }
     if req.method() != Method::POST {
         return crate::status::response(StatusCode::METHOD_NOT_ALLOWED, "use POST /v1/token");

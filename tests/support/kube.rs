@@ -188,7 +188,17 @@ impl DevCluster {
         DevCluster::start_as(false).await
     }
 
+    /// A cluster of its own whose kube-apiserver gets `flags` as well (`dev-cluster.sh
+    /// --apiserver-flag`), such as the `--oidc-*` flags of a hub that trusts an identity provider.
+    pub async fn start_with_apiserver_flags(flags: &[String]) -> DevCluster {
+        DevCluster::start_with(false, flags).await
+    }
+
     async fn start_as(node: bool) -> DevCluster {
+        DevCluster::start_with(node, &[]).await
+    }
+
+    async fn start_with(node: bool, apiserver_flags: &[String]) -> DevCluster {
         let dir = tempfile::Builder::new().prefix("tether-dev-cluster-").tempdir().unwrap();
         let home = tempfile::Builder::new().prefix("tether-kubectl-home-").tempdir().unwrap();
         // Built before starting, so that a failed or timed-out start still runs `stop` (Drop)
@@ -198,6 +208,9 @@ impl DevCluster {
         command.arg(dev_cluster_script()).arg("start");
         if !node {
             command.arg("--no-node");
+        }
+        for flag in apiserver_flags {
+            command.arg("--apiserver-flag").arg(flag);
         }
         command.arg(cluster.dir.path());
         let started = Instant::now();
@@ -279,6 +292,8 @@ impl DevCluster {
             .arg(kubeconfig)
             .args(args)
             .env_remove("KUBECONFIG")
+            // An exec plugin's cache (tether credential) then lives under this HOME too.
+            .env_remove("XDG_CACHE_HOME")
             .env("HOME", self.home.path())
             .env("KUBECACHEDIR", self.home.path().join(".kube/cache"))
             .kill_on_drop(true);

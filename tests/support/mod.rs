@@ -9,6 +9,7 @@ pub mod kube;
 pub mod lb;
 pub mod link;
 pub mod load;
+pub mod oidc;
 pub mod upstream;
 
 use std::io::BufRead;
