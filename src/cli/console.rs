@@ -82,6 +82,7 @@ impl ConsoleArgs {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("hub_credential").required(true).args(["hub_kubeconfig", "hub_token_file", "login"])))]
 pub struct CredentialArgs {
     /// The console, https://HOST:PORT.
     #[arg(long, env = "TETHER_CONSOLE")]
@@ -92,16 +93,16 @@ pub struct CredentialArgs {
     /// The CA of the console's certificate (the tether CA).
     #[arg(long)]
     ca: PathBuf,
-    /// Your hub credential: the token of this kubeconfig's current user.
-    #[arg(long, conflicts_with_all = ["hub_token_file", "login"], required_unless_present_any = ["hub_token_file", "login"])]
+    /// Your hub credential (one of three): the token of this kubeconfig's current user.
+    #[arg(long)]
     hub_kubeconfig: Option<PathBuf>,
-    /// Your hub credential: the sign-in `tether login` keeps for this console.
-    #[arg(long, conflicts_with = "hub_token_file")]
+    /// Your hub credential (one of three): the sign-in `tether login` keeps for this console.
+    #[arg(long)]
     login: bool,
     /// With --login: the CA of the OpenID Connect provider's certificate (default: --ca).
     #[arg(long, requires = "login")]
     oidc_ca: Option<PathBuf>,
-    /// Your hub credential: a file holding a token the hub's API server accepts.
+    /// Your hub credential (one of three): a file holding a token the hub's API server accepts.
     #[arg(long)]
     hub_token_file: Option<PathBuf>,
     /// The cache directory: tokens in it (default: $XDG_CACHE_HOME/tether/credentials or
