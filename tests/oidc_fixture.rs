@@ -12,14 +12,12 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::Pki;
-use support::kube::{KUBECTL_LIMIT, str_at, text};
+use support::kube::{KUBECTL_LIMIT, run, str_at, text};
 use support::oidc::{OidcProvider, run_browser};
-use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 /// `dev-cluster.sh start` takes about 8 s, but builds the Kubernetes binaries first on a
@@ -30,28 +28,6 @@ const START_LIMIT: Duration = Duration::from_secs(20 * 60);
 const AUTHENTICATOR_LIMIT: Duration = Duration::from_secs(40);
 /// The provider's only user in this test.
 const USERS: &str = "alice:secret:alice@example.test:people";
-
-/// Runs `command` to completion within `limit` (killed, by its PID, if it takes longer),
-/// feeding it `stdin`; panics only if it cannot run or times out.
-async fn run(mut command: tokio::process::Command, stdin: Option<&[u8]>, limit: Duration, what: &str) -> Output {
-    command
-        .kill_on_drop(true)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().unwrap();
-        let input = input.to_vec();
-        tokio::spawn(async move {
-            let _ = pipe.write_all(&input).await;
-        });
-    }
-    match tokio::time::timeout(limit, child.wait_with_output()).await {
-        Ok(output) => output.unwrap_or_else(|e| panic!("{what}: {e}")),
-        Err(_) => panic!("{what}: did not finish within {limit:?}"),
-    }
-}
 
 fn dev_cluster_script() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/dev-cluster.sh"))

@@ -386,7 +386,7 @@ impl LeaseError {
             kube::Error::Api(status) => status,
             other => {
                 // kube's own layer ("ServiceError: ...") says nothing the causes do not.
-                let cause = other.source().map_or_else(|| chain(other), chain);
+                let cause = other.source().map_or_else(|| crate::errors::chain(other), crate::errors::chain);
                 return if is_tls(other) {
                     LeaseError::Tls { server, cause }
                 } else {
@@ -422,21 +422,6 @@ impl LeaseError {
             },
         }
     }
-}
-
-/// An error and its sources, `: `-separated.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let next = e.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = e.source();
-    }
-    text
 }
 
 /// Whether a transport error is a failed TLS handshake. The rustls error arrives wrapped in

@@ -76,7 +76,7 @@ pub fn expect_failure(output: &Output, what: &str) -> String {
 }
 
 /// Runs `command` to completion within `limit` (killed if it takes longer), feeding it `stdin`.
-async fn run(mut command: tokio::process::Command, stdin: Option<&[u8]>, limit: Duration, what: &str) -> Output {
+pub async fn run(mut command: tokio::process::Command, stdin: Option<&[u8]>, limit: Duration, what: &str) -> Output {
     command
         .kill_on_drop(true) // a timed-out child is killed (by its PID) when the future is dropped
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
