@@ -23,6 +23,7 @@
 //! - [`bridge`]: HTTP messages to and from tunnel streams (headers, streaming bodies, pipes).
 //! - [`status`]: errors as Kubernetes `Status` JSON.
 //! - [`admin`]: `/healthz`, `/readyz` and `/metrics` on the admin listener.
+//! - [`audit_target`]: where an audit log goes (`--audit-log`).
 //! - [`hub`]: the hub on many machines: members, Kubernetes Leases, the hub's manifest.
 //! - [`stub`]: the hub side (agent listener, registry, front door, admission, forwarding).
 //! - [`agent`]: the cluster side (dial loop, session, forwarding to the API server).
@@ -37,6 +38,7 @@
 pub mod accept;
 pub mod admin;
 pub mod agent;
+pub mod audit_target;
 pub mod backoff;
 pub mod bench;
 pub mod bridge;

@@ -5,30 +5,11 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Mutex;
 
 use serde::Serialize;
 
-/// Where audit lines go.
-#[derive(Debug, Clone)]
-pub enum AuditTarget {
-    Off,
-    Stdout,
-    /// Appended to this file.
-    File(PathBuf),
-}
-
-impl std::str::FromStr for AuditTarget {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s {
-            "off" => AuditTarget::Off,
-            "-" | "stdout" => AuditTarget::Stdout,
-            path => AuditTarget::File(path.into()),
-        })
-    }
-}
+pub use crate::audit_target::AuditTarget;
 
 /// One decision.
 #[derive(Debug, Clone, Serialize)]

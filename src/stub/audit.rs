@@ -7,33 +7,13 @@
 //! requests until a write works again.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use serde::Serialize;
 
-/// Where audit lines go.
-#[derive(Debug, Clone)]
-pub enum AuditTarget {
-    /// No audit log.
-    Off,
-    Stdout,
-    /// Appended to this file.
-    File(PathBuf),
-}
-
-impl std::str::FromStr for AuditTarget {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s {
-            "" | "off" => AuditTarget::Off,
-            "-" => AuditTarget::Stdout,
-            path => AuditTarget::File(path.into()),
-        })
-    }
-}
+pub use crate::audit_target::AuditTarget;
 
 /// One request, as the audit log records it.
 #[derive(Debug, Clone, Default, Serialize)]
