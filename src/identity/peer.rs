@@ -11,13 +11,13 @@
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, TrustAnchor, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 
 use super::fingerprint::Fingerprint;
-use super::tls::{TlsError, provider};
+use super::tls::{STUB_PAIR, TlsError, provider, tls13_client, tls13_server, unusable_pair};
 use crate::wire::PEER_ALPN;
 
 /// The DER contents of the OID id-kp-serverAuth (1.3.6.1.5.5.7.3.1).
@@ -153,14 +153,6 @@ impl ServerCertVerifier for PeerVerifier {
     }
 }
 
-fn tls13(
-    provider: Arc<CryptoProvider>,
-) -> Result<rustls::ConfigBuilder<ServerConfig, rustls::WantsVerifier>, TlsError> {
-    ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|source| TlsError::Rustls { what: "TLS 1.3 is not available", source })
-}
-
 /// The listening replica's TLS on its peer port: its stub certificate, and peers verified by
 /// [`PeerVerifier`]. No session resumption, as on the agent listener.
 pub fn listener(
@@ -168,10 +160,10 @@ pub fn listener(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<ServerConfig, TlsError> {
-    let mut config =
-        tls13(provider())?.with_client_cert_verifier(PeerVerifier::new(ca)?).with_single_cert(chain, key).map_err(
-            |source| TlsError::Rustls { what: "the stub certificate and key do not form a usable pair", source },
-        )?;
+    let mut config = tls13_server()?
+        .with_client_cert_verifier(PeerVerifier::new(ca)?)
+        .with_single_cert(chain, key)
+        .map_err(unusable_pair(STUB_PAIR))?;
     config.alpn_protocols = vec![PEER_ALPN.to_vec()];
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
@@ -185,16 +177,11 @@ pub fn dialer(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<ClientConfig, TlsError> {
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|source| TlsError::Rustls { what: "TLS 1.3 is not available", source })?
+    let mut config = tls13_client(provider())?
         .dangerous()
         .with_custom_certificate_verifier(PeerVerifier::new(ca)?)
         .with_client_auth_cert(chain, key)
-        .map_err(|source| TlsError::Rustls {
-            what: "the stub certificate and key do not form a usable pair",
-            source,
-        })?;
+        .map_err(unusable_pair(STUB_PAIR))?;
     config.alpn_protocols = vec![PEER_ALPN.to_vec()];
     Ok(config)
 }

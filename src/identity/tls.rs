@@ -40,6 +40,32 @@ pub enum TlsError {
     Verifier(#[source] rustls::server::VerifierBuilderError),
 }
 
+/// A server configuration for TLS 1.3 only (agent and peer listeners), its verifier to come.
+pub(crate) fn tls13_server() -> Result<rustls::ConfigBuilder<ServerConfig, rustls::WantsVerifier>, TlsError> {
+    ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|source| TlsError::Rustls { what: "TLS 1.3 is not available", source })
+}
+
+/// A client configuration for TLS 1.3 only (agents and peer links), its verifier to come.
+pub(crate) fn tls13_client(
+    provider: Arc<CryptoProvider>,
+) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>, TlsError> {
+    ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|source| TlsError::Rustls { what: "TLS 1.3 is not available", source })
+}
+
+/// Whose certificate and key failed to pair, for [`unusable_pair`].
+pub(crate) const STUB_PAIR: &str = "the stub certificate and key do not form a usable pair";
+pub(crate) const AGENT_PAIR: &str = "the agent certificate and key do not form a usable pair";
+
+/// The error of a certificate and key that do not belong together ([`STUB_PAIR`] or
+/// [`AGENT_PAIR`]).
+pub(crate) fn unusable_pair(what: &'static str) -> impl FnOnce(rustls::Error) -> TlsError {
+    move |source| TlsError::Rustls { what, source }
+}
+
 /// A root store holding the tether CA.
 pub fn roots(ca: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, TlsError> {
     let mut store = RootCertStore::empty();
@@ -63,15 +89,10 @@ pub fn agent_listener(
     let webpki =
         WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider()).build().map_err(TlsError::Verifier)?;
     let verifier = Arc::new(WhitelistVerifier::new(webpki, whitelist, on_refusal));
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|source| TlsError::Rustls { what: "TLS 1.3 is not available", source })?
+    let mut config = tls13_server()?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
-        .map_err(|source| TlsError::Rustls {
-            what: "the stub certificate and key do not form a usable pair",
-            source,
-        })?;
+        .map_err(unusable_pair(STUB_PAIR))?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     // No session resumption: a resumed handshake skips the client-certificate verifier, so an
     // agent removed from the whitelist could come back on an old ticket. Agents reconnect
@@ -88,22 +109,13 @@ pub fn agent_dialer(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<ClientConfig, TlsError> {
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|source| TlsError::Rustls { what: "TLS 1.3 is not available", source })?
-        .with_root_certificates(roots(ca)?)
-        .with_client_auth_cert(chain, key)
-        .map_err(|source| TlsError::Rustls {
-            what: "the agent certificate and key do not form a usable pair",
-            source,
-        })?;
-    config.alpn_protocols = vec![ALPN.to_vec()];
-    Ok(config)
+    SharedDialerTls::new(ca)?.agent_dialer(chain, key)
 }
 
-/// What many agents in one process share toward the stub: one crypto provider and one server
-/// verifier (the stub must chain to the tether CA). For `tether bench --agents`, whose thousands
-/// of simulated agents each need a certificate of their own but nothing else of their own.
+/// What agents share toward the stub: one crypto provider and one server verifier (the stub
+/// must chain to the tether CA). An agent builds one for itself ([`agent_dialer`]); `tether
+/// bench --agents` shares one among thousands of simulated agents, each with a certificate of
+/// its own but nothing else of its own.
 #[derive(Clone)]
 pub struct SharedDialerTls {
     provider: Arc<CryptoProvider>,
@@ -119,22 +131,17 @@ impl SharedDialerTls {
         Ok(SharedDialerTls { provider, verifier })
     }
 
-    /// What [`agent_dialer`] gives, sharing the provider and verifier, and without a session
+    /// An agent's TLS toward the stub, sharing the provider and verifier, without a session
     /// cache (a few KiB each; the stub sends no tickets anyway, see [`agent_listener`]).
     pub fn agent_dialer(
         &self,
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
     ) -> Result<ClientConfig, TlsError> {
-        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|source| TlsError::Rustls { what: "TLS 1.3 is not available", source })?
+        let mut config = tls13_client(self.provider.clone())?
             .with_webpki_verifier(self.verifier.clone())
             .with_client_auth_cert(chain, key)
-            .map_err(|source| TlsError::Rustls {
-                what: "the agent certificate and key do not form a usable pair",
-                source,
-            })?;
+            .map_err(unusable_pair(AGENT_PAIR))?;
         config.alpn_protocols = vec![ALPN.to_vec()];
         config.resumption = rustls::client::Resumption::disabled();
         Ok(config)
@@ -158,10 +165,7 @@ pub fn front_door(
         .map_err(|source| TlsError::Rustls { what: "no TLS versions available", source })?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
-        .map_err(|source| TlsError::Rustls {
-            what: "the stub certificate and key do not form a usable pair",
-            source,
-        })?;
+        .map_err(unusable_pair(STUB_PAIR))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
