@@ -55,6 +55,13 @@ pub struct Site {
     pub metrics: Metrics,
 }
 
+/// Binds `--admin-listen`, if given; the error names the address.
+pub async fn bind(addr: Option<std::net::SocketAddr>) -> anyhow::Result<Option<TcpListener>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let listener = TcpListener::bind(addr).await;
+    Ok(Some(anyhow::Context::with_context(listener, || format!("binding the admin listener on {addr}"))?))
+}
+
 /// Serves the probes and metrics on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, site: Site, shutdown: CancellationToken) {
     crate::accept::accept_loop(listener, shutdown, "admin", move |tcp, _| {

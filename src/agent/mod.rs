@@ -107,10 +107,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     let readiness = Readiness::default();
     // The admin listener outlives the drain (probes during it say "not ready"), and stops last.
     let admin_stop = CancellationToken::new();
-    if let Some(addr) = config.admin_listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding the admin listener on {addr}"))?;
+    if let Some(listener) = admin::bind(config.admin_listen).await? {
         tracing::info!(admin = %listener.local_addr()?, "admin listening (/healthz, /readyz, /metrics)");
         let (scraped, ready) = (agent_metrics.clone(), readiness.clone());
         let site = admin::Site {

@@ -133,12 +133,7 @@ impl Console {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding the console's HTTPS listener on {}", config.listen))?;
-        let admin = match config.admin_listen {
-            Some(addr) => {
-                Some(TcpListener::bind(addr).await.with_context(|| format!("binding the admin listener on {addr}"))?)
-            }
-            None => None,
-        };
+        let admin = crate::admin::bind(config.admin_listen).await?;
         let shared = Arc::new(Shared {
             login: config.login.clone(),
             issuer,

@@ -135,12 +135,7 @@ impl Stub {
         let front_door = TcpListener::bind(config.https_listen)
             .await
             .with_context(|| format!("binding the HTTPS listener on {}", config.https_listen))?;
-        let admin = match config.admin_listen {
-            Some(addr) => {
-                Some(TcpListener::bind(addr).await.with_context(|| format!("binding the admin listener on {addr}"))?)
-            }
-            None => None,
-        };
+        let admin = crate::admin::bind(config.admin_listen).await?;
         let replica =
             replica::Replica::prepare(config.replica, &ca, &chain, &key, &config.tuning, stub_metrics.clone())
                 .await
