@@ -117,7 +117,8 @@ impl Cached {
     /// The `expirationTimestamp` kubectl gets: the margin before the real expiry, so that it
     /// asks again while the token still works.
     pub fn renew_at(&self) -> u64 {
-        self.expires - refresh_margin(self.issued, self.expires).min(self.expires - self.issued.min(self.expires))
+        let margin = refresh_margin(self.issued, self.expires);
+        self.expires.saturating_sub(margin).max(self.issued.min(self.expires))
     }
 }
 
