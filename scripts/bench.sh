@@ -38,7 +38,7 @@ while [ $# -gt 0 ]; do
     --out) out=$2; shift ;;
     --only) only=$2; shift ;;
     -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "usage: $PROG [--quick] [--out DIR] [--only memory,reconnect,link,hub,stall,storm]" >&2; exit 2 ;;
+    *) echo "usage: $PROG [--quick] [--out DIR] [--only memory,reconnect,link,hub,stall,storm,bytes]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -48,7 +48,7 @@ storm_agents=$($quick && echo 2000 || echo 10000)
 # want PART: PART is to run (--only names it, or --only was not given).
 want() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }
 for part in ${only//,/ }; do
-  case $part in memory | reconnect | link | hub | stall | storm) ;; *) die "--only: no part called \"$part\"" ;; esac
+  case $part in memory | reconnect | link | hub | stall | storm | bytes) ;; *) die "--only: no part called \"$part\"" ;; esac
 done
 
 log "building release binaries (cargo build --release)"
@@ -265,6 +265,92 @@ print(json.dumps(refusals))' >"$work/storm-stub.json"
   record storm_stub_refusals "$(cat "$work/storm-stub.json")"
   record storm "$(cat "$work/storm.json")"
   stop_pid "$stub_pid" stub-again
+fi
+
+# ---- 8. bytes: CPU per byte of a bulk download, against a C HTTP/2 tunnel (loopback) -------------
+if want bytes; then
+  need_cmds nghttpx
+  bytes_mb=$($quick && echo 64 || echo 256)
+  rounds=$($quick && echo 1 || echo 3)
+  log "bytes: ${bytes_mb} MB downloads through tether (QUIC, TCP fallback), an nghttpx HTTP/2 tunnel and direct"
+  # ticks PID...: CPU time (user + system, in clock ticks) the processes and their children
+  # (nghttpx's worker process) have used so far.
+  ticks() {
+    local p c sum=0
+    for p in "$@"; do
+      for c in $p $(cat /proc/"$p"/task/*/children); do sum=$((sum + $(awk '{print $14 + $15}' "/proc/$c/stat"))); done
+    done
+    echo "$sum"
+  }
+  hz=$(getconf CLK_TCK)
+  free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+  # tether over QUIC and over the TCP fallback: a stub and an agent each.
+  bytes_tunnel() { # name transport; sets tunnel_url and tunnel_pids
+    start "$1-stub" "$tether" stub --certs "$certs" --quic-listen 127.0.0.1:0 --https-listen 127.0.0.1:0 \
+      --audit-log off --max-requests-per-user 0
+    local stub=$started line
+    line=$(wait_log "$1-stub" "stub listening" "$stub")
+    start "$1-agent" "$tether" agent --certs "$certs" --cluster dev --name agent-0 \
+      --stub "localhost:$(port "$(field "$line" quic)")" --upstream "http://127.0.0.1:$target_port" --transport "$2" \
+      --connections 1
+    wait_log "$1-agent" "connected to stub" "$started" >/dev/null
+    tunnel_url="https://127.0.0.1:$(port "$(field "$line" https)")/clusters/dev"
+    tunnel_pids="$stub $started"
+  }
+  bytes_tunnel quic quic; quic_url=$tunnel_url; quic_pids=$tunnel_pids
+  bytes_tunnel tcp tcp; tcp_url=$tunnel_url; tcp_pids=$tunnel_pids
+  # The C tunnel: an nghttpx hub taking HTTPS from users and an nghttpx edge beside the target,
+  # one HTTP/2 connection over TLS between them, with tether's own flow-control windows.
+  edge_port=$(free_port); hub_port=$(free_port)
+  window=$((2 * 1024 * 1024)); conn_window=$((16 * 1024 * 1024))
+  start nghttpx-edge nghttpx --conf=/dev/null --frontend="127.0.0.1,$edge_port" --backend="127.0.0.1,$target_port" \
+    --frontend-http2-window-size=$window --frontend-http2-connection-window-size=$conn_window \
+    --no-ocsp --workers=1 --log-level=WARN "$certs/stub.key" "$certs/stub.crt"
+  edge_pid=$started
+  start nghttpx-hub nghttpx --conf=/dev/null --frontend="127.0.0.1,$hub_port" --backend="127.0.0.1,$edge_port;;proto=h2;tls;sni=localhost" \
+    --cacert "$certs/ca.crt" --backend-http2-window-size=$window --backend-http2-connection-window-size=$conn_window \
+    --backend-connections-per-host=1 --no-ocsp --workers=1 --log-level=WARN "$certs/stub.key" "$certs/stub.crt"
+  hub_pid=$started
+  nghttpx_up() { curl -s -o /dev/null --noproxy '*' --cacert "$certs/ca.crt" "https://localhost:$hub_port/small"; }
+  poll_until "$hub_pid" 30 nghttpx_up || die "the nghttpx tunnel did not answer (logs: $work/nghttpx-*.log)"
+
+  # download NAME URL PIDS...: one download of bytes_mb MB; appends "mb_per_s cpu_s_per_gb" to $work/bytes-NAME.
+  download() {
+    local name=$1 url=$2; shift 2
+    local before after
+    before=$(ticks "$@")
+    "$tether" bench --target "$url" --token "$token" --ca "$certs/ca.crt" --mix list \
+      --list-path "/list?bytes=$((bytes_mb * 1000000))" -c 1 -n 1 --timeout 120s --json --quiet >"$work/dl.json"
+    after=$(ticks "$@")
+    python3 - "$work/dl.json" "$((after - before))" "$hz" "$bytes_mb" "$#" >>"$work/bytes-$name" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1])); ticks, hz, mb, procs = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+if d.get("errors") or d["kinds"]["list"]["count"] != 1:
+    sys.exit(f"the download failed: {d}")
+print(d["mb_per_s"], (ticks / hz) / (mb / 1000) if procs else "nan")
+PY
+  }
+  for round in $(seq 1 "$rounds"); do
+    log "bytes: round $round of $rounds"
+    download quic "$quic_url" $quic_pids
+    download tcp "$tcp_url" $tcp_pids
+    download nghttpx "https://127.0.0.1:$hub_port" "$hub_pid" "$edge_pid"
+    download direct "http://127.0.0.1:$target_port"
+  done
+  python3 - "$work" "$bytes_mb" >"$work/bytes.json" <<'PY'
+import json, statistics, sys
+work, mb = sys.argv[1], int(sys.argv[2])
+out = {"mb": mb}
+for name in ("quic", "tcp", "nghttpx", "direct"):
+    rows = [line.split() for line in open(f"{work}/bytes-{name}")]
+    out[name] = {"mb_per_s": statistics.median(float(r[0]) for r in rows),
+                 "cpu_s_per_gb": statistics.median(float(r[1]) for r in rows), "runs": len(rows)}
+print(json.dumps(out))
+PY
+  record bytes "$(cat "$work/bytes.json")"
+  stop_pid "$hub_pid" nghttpx-hub; stop_pid "$edge_pid" nghttpx-edge
+  for p in $tcp_pids $quic_pids; do stop_pid "$p" bytes; done
 fi
 
 # ---- 1 and 2: across an emulated link (root) -----------------------------------------------

@@ -10,6 +10,7 @@
 //! the agent never uses the stub (`tests/layering.rs` holds the code to this).
 //! - [`shutdown`]: SIGINT and SIGTERM as one future.
 //! - [`fd_limit`]: the open-file limit raised for thousands of connections.
+//! - [`allocator`]: glibc's allocator set for streaming (freed buffers kept, not unmapped).
 //! - [`backoff`]: reconnect delays, capped exponential with jitter (pure).
 //! - [`wire`]: the protocol between agent and stub (frames, stream I/O, error codes).
 //! - [`identity`]: CA and certificates, fingerprints, the whitelist, TLS configurations, tokens
@@ -38,6 +39,7 @@
 pub mod accept;
 pub mod admin;
 pub mod agent;
+pub mod allocator;
 pub mod audit_target;
 pub mod backoff;
 pub mod bench;

@@ -1,5 +1,5 @@
 //! The `tether` binary: parses the command line (with flags from `--config FILE` merged in),
-//! sets up logging and the process (crypto provider, open-file limit, async runtime), and
+//! sets up logging and the process (allocator, crypto provider, open-file limit, async runtime), and
 //! dispatches to the command. Everything else is in the library; the commands' flags are in
 //! `tether::cli`.
 
@@ -21,6 +21,8 @@ fn init_tracing() {
 }
 
 fn main() -> ExitCode {
+    // First, before any thread or large buffer exists.
+    let allocator_tuned = tether::allocator::tune_for_streaming();
     let args = match tether::config::merged_args(std::env::args_os().collect(), &Cli::command()) {
         Ok(args) => args,
         Err(e) => {
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(args);
     init_tracing();
     tether::identity::tls::install_default_provider();
+    tracing::debug!(allocator_tuned, "allocator thresholds for streaming");
     if let Some((soft, hard)) = tether::fd_limit::raise_to_hard_limit() {
         tracing::debug!(soft, hard, "open-file limit");
     }

@@ -162,11 +162,17 @@ type PathFigure = fn(&PathStats) -> f64;
 /// and lost): link quality, written alike by stub (one sample per agent connection, labelled)
 /// and agent (its connection in use, no labels).
 pub fn render_paths(text: &mut Text, paths: &[(Vec<(&str, &str)>, PathStats)]) {
-    let families: [(&str, &str, &str, PathFigure); 4] = [
+    let families: [(&str, &str, &str, PathFigure); 5] = [
         ("tether_link_rtt_seconds", "gauge", "Smoothed round-trip time of a QUIC connection.", |p| p.rtt.as_secs_f64()),
         ("tether_link_cwnd_bytes", "gauge", "Congestion window of a QUIC connection.", |p| p.cwnd as f64),
         ("tether_link_sent_packets_total", "counter", "Packets sent on a QUIC connection.", |p| p.sent_packets as f64),
         ("tether_link_lost_packets_total", "counter", "Packets lost on a QUIC connection.", |p| p.lost_packets as f64),
+        (
+            "tether_link_mtu_bytes",
+            "gauge",
+            "Largest packet (UDP payload) MTU discovery found a QUIC path carries.",
+            |p| f64::from(p.mtu),
+        ),
     ];
     for (name, kind, help, figure) in families {
         text.family(name, kind, help);

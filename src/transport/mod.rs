@@ -14,13 +14,18 @@
 //! - [`listen`]: the listener's side: QUIC and TCP on one port, handshakes, peer fingerprints.
 //! - [`explain`]: plain words for a connection that was refused or lost.
 //! - [`flow`]: the flow-control windows both transports use.
+//! - [`gather`]: a QUIC receive stream that hands on chunks of a useful size.
+//! - [`udp_batches`]: the UDP socket under quinn, its offload batches cut to what the kernel
+//!   takes.
 
 pub mod dial;
 pub mod explain;
 pub mod flow;
+pub mod gather;
 pub mod listen;
 pub mod quic;
 pub mod tcp;
+pub mod udp_batches;
 
 use std::io;
 use std::net::SocketAddr;
@@ -33,6 +38,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::wire::codes::AppCode;
 use crate::wire::io::WireError;
 pub use flow::{CONNECTION_WINDOW, STREAM_WINDOW};
+use gather::QuicRecv;
 use tcp::{TcpConnection, TcpRecv, TcpSend};
 
 /// Which transport a connection uses.
@@ -77,6 +83,9 @@ pub struct PathStats {
     pub cwnd: u64,
     pub sent_packets: u64,
     pub lost_packets: u64,
+    /// The largest packet the path carries, as MTU discovery has found it so far (bytes of UDP
+    /// payload).
+    pub mtu: u16,
 }
 
 impl Connection {
@@ -104,6 +113,7 @@ impl Connection {
                     cwnd: path.cwnd,
                     sent_packets: path.sent_packets,
                     lost_packets: path.lost_packets,
+                    mtu: path.current_mtu,
                 })
             }
             Connection::Tcp(_) => None,
@@ -145,7 +155,7 @@ impl Connection {
         match self {
             Connection::Quic(c) => {
                 let (send, recv) = c.open_bi().await.map_err(quic_io)?;
-                Ok((SendHalf::Quic(send), RecvHalf::Quic(recv)))
+                Ok((SendHalf::Quic(send), RecvHalf::Quic(QuicRecv::new(recv))))
             }
             Connection::Tcp(c) => {
                 let (send, recv) = c.open_stream().await?;
@@ -160,7 +170,7 @@ impl Connection {
         match self {
             Connection::Quic(c) => {
                 let (send, recv) = c.accept_bi().await.map_err(|e| explain::closed(&e))?;
-                Ok((SendHalf::Quic(send), RecvHalf::Quic(recv)))
+                Ok((SendHalf::Quic(send), RecvHalf::Quic(QuicRecv::new(recv))))
             }
             Connection::Tcp(c) => {
                 let (send, recv) = c.accept_stream().await?;
@@ -175,7 +185,7 @@ impl Connection {
         match self {
             Connection::Quic(c) => {
                 let (send, recv) = c.open_bi().await.map_err(|e| explain::closed(&e))?;
-                Ok((SendHalf::Quic(send), RecvHalf::Quic(recv)))
+                Ok((SendHalf::Quic(send), RecvHalf::Quic(QuicRecv::new(recv))))
             }
             Connection::Tcp(_) => self.accept_stream().await,
         }
@@ -186,7 +196,7 @@ impl Connection {
         match self {
             Connection::Quic(c) => {
                 let (send, recv) = c.accept_bi().await.map_err(quic_io)?;
-                Ok((SendHalf::Quic(send), RecvHalf::Quic(recv)))
+                Ok((SendHalf::Quic(send), RecvHalf::Quic(QuicRecv::new(recv))))
             }
             Connection::Tcp(_) => self.open_stream().await,
         }
@@ -330,18 +340,16 @@ impl AsyncWrite for SendHalf {
 
 /// The receiving half of a stream.
 pub enum RecvHalf {
-    Quic(quinn::RecvStream),
+    Quic(QuicRecv),
     Tcp(TcpRecv),
 }
 
 impl RecvHalf {
-    /// The next chunk, as it arrived; `None` at the end of the stream.
+    /// The next chunk, as large as what is ready at once allows (see [`gather`]); `None` at the
+    /// end of the stream.
     pub async fn read_chunk(&mut self) -> io::Result<Option<Bytes>> {
         match self {
-            RecvHalf::Quic(s) => match s.read_chunk(usize::MAX, true).await {
-                Ok(chunk) => Ok(chunk.map(|c| c.bytes)),
-                Err(e) => Err(io::Error::from(e)),
-            },
+            RecvHalf::Quic(s) => s.read_chunk().await,
             RecvHalf::Tcp(s) => s.read_chunk().await,
         }
     }
@@ -349,9 +357,7 @@ impl RecvHalf {
     /// Takes nothing more from the peer (`code` says why).
     pub fn stop(&mut self, code: AppCode) {
         match self {
-            RecvHalf::Quic(s) => {
-                let _ = s.stop(code.varint());
-            }
+            RecvHalf::Quic(s) => s.stop(code.varint()),
             RecvHalf::Tcp(s) => s.stop(),
         }
     }
