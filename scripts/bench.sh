@@ -7,7 +7,9 @@
 #   1. tunnel vs direct: small-GET latency and bulk throughput of `tether bench --serve` reached
 #      straight across an emulated 20 ms RTT link, and through stub + agent across the same link;
 #   2. QUIC vs the TCP fallback at 0, 1 and 5% loss with 20 ms RTT: small-GET p50/p99 while bulk
-#      downloads (5 MB each, one at a time) share the tunnel, and their goodput;
+#      downloads (5 MB each, one at a time) share the tunnel, and their goodput; and at 5% loss
+#      with no added delay (CPU, not the link, the limit), small GETs alone and beside a
+#      full-speed download on the same agent connection;
 #   3. the stub's memory per agent connection (1,000 simulated agents) and per open stream (1,000
 #      held watches), and the agent's per open stream;
 #   4. time until a request succeeds again after a stub restart;
@@ -17,12 +19,16 @@
 #      the replica that holds the agent;
 #   6. kill -9 of one of two agent replicas under steady GETs: the slowest request (the stall);
 #   7. a restart storm: 10,000 simulated agents (--quick: 2,000) on one stub that is restarted:
-#      how long until every agent is connected again, and its failed handshakes by kind.
+#      how long until every agent is connected again, and its failed handshakes by kind;
+#   8. CPU per byte: 256 MB downloads (--quick: 64 MB) on loopback through tether over QUIC and
+#      over the TCP fallback, through a C HTTP/2 tunnel (an nghttpx hub and an nghttpx edge with
+#      one HTTP/2 connection over TLS between them, Debian's nghttp2-proxy, installed if missing)
+#      and direct: throughput and CPU seconds per GB of the tunnel's two processes, median of 3.
 # Parts 1 and 2 need root (`tether link`: network namespaces and TUN devices); without it they are
 # skipped with the reason. Output: DIR/results.md (Markdown tables), DIR/results.json and
 # DIR/chart.png (if matplotlib can be installed into ~/.cache/tether/bench-venv). DIR defaults to
 # target/bench. --only runs some parts (comma-separated: memory, reconnect, link, hub, stall,
-# storm). Every process it starts is stopped (by PID) when it ends; the link takes its
+# storm, bytes). Every process it starts is stopped (by PID) when it ends; the link takes its
 # namespace down with it.
 set -euo pipefail
 
@@ -37,7 +43,7 @@ while [ $# -gt 0 ]; do
     --quick) quick=true ;;
     --out) out=$2; shift ;;
     --only) only=$2; shift ;;
-    -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0"; exit 0 ;;
     *) echo "usage: $PROG [--quick] [--out DIR] [--only memory,reconnect,link,hub,stall,storm,bytes]" >&2; exit 2 ;;
   esac
   shift
@@ -268,8 +274,14 @@ print(json.dumps(refusals))' >"$work/storm-stub.json"
 fi
 
 # ---- 8. bytes: CPU per byte of a bulk download, against a C HTTP/2 tunnel (loopback) -------------
-if want bytes; then
-  need_cmds nghttpx
+if want bytes && ! command -v nghttpx >/dev/null && [ "$(id -u)" = 0 ]; then
+  log "installing nghttp2-proxy (nghttpx, the C HTTP/2 tunnel compared with) from Debian's packages, once"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nghttp2-proxy >/dev/null ||
+    log "could not install nghttp2-proxy"
+fi
+if want bytes && ! command -v nghttpx >/dev/null; then
+  log "SKIPPED bytes: it needs nghttpx (Debian's nghttp2-proxy; install it as root, or run this as root)"
+elif want bytes; then
   bytes_mb=$($quick && echo 64 || echo 256)
   rounds=$($quick && echo 1 || echo 3)
   log "bytes: ${bytes_mb} MB downloads through tether (QUIC, TCP fallback), an nghttpx HTTP/2 tunnel and direct"
@@ -361,9 +373,9 @@ elif [ "$(id -u)" != 0 ] || [ ! -e /dev/net/tun ]; then
 else
   index=$(( ($$ % 200) + 20 ))
   ns=tether-bench-$index
-  link_up() { # loss%
+  link_up() { # loss% [one-way delay, default 10ms]
     spawn link "$work/link.log" env TETHER_LOG=info "$tether" link --name "$ns" --index "$index" \
-      --loss "$1" --delay 10ms --seed 7 --lifetime 30m
+      --loss "$1" --delay "${2:-10ms}" --seed 7 --lifetime 30m
     link_pid=$SPAWNED_PID
     wait_log link "link up" "$link_pid" >/dev/null
     spawn stubns "$work/stubns.log" env TETHER_LOG=info ip netns exec "$ns" "$tether" stub --certs "$certs" \
@@ -397,6 +409,26 @@ else
   record direct_small "$(cat "$work/direct-small.json")"; record tunnel_small "$(cat "$work/tunnel-small.json")"
   record direct_bulk "$(cat "$work/direct-bulk.json")"; record tunnel_bulk "$(cat "$work/tunnel-bulk.json")"
   stop_pid "$agent_pid" agentns; link_down
+
+  # What a bulk download does to the requests beside it on the same agent connection, where CPU
+  # and not the link is the limit: 5% loss and no added delay, so the download runs as fast as
+  # stub and agent can move it. One small GET at a time, alone and then beside the download.
+  link_up 5 0ms
+  for transport in quic tcp; do
+    log "$transport at 5% loss, no added delay: small GETs alone, then beside a full-speed download"
+    agent_up "$transport"
+    t=("${through[@]/PORT/$https_port}")
+    nsbench "${t[@]}" --mix small -c 1 -d "${secs}s" >"$work/alone-$transport.json"
+    nsbench "${t[@]}" --mix list --list-path "/list?bytes=10000000" -c 1 -d "$((secs + 2))s" --timeout 60s \
+      >"$work/beside-bulk-$transport.json" &
+    bulk_pid=$!
+    sleep 1 # a benchmark, not a test: the download is under way when the GETs start
+    nsbench "${t[@]}" --mix small -c 1 -d "${secs}s" >"$work/beside-$transport.json"
+    wait "$bulk_pid" || true
+    record "beside_$transport" "{\"alone\": $(cat "$work/alone-$transport.json"), \"beside\": $(cat "$work/beside-$transport.json"), \"bulk\": $(cat "$work/beside-bulk-$transport.json")}"
+    stop_pid "$agent_pid" agentns
+  done
+  link_down
 
   for loss in 0 1 5; do
     link_up "$loss"
@@ -459,6 +491,22 @@ if "storm" in d and d["storm"].get("storm"):
     stub_side = ", ".join(f"{n} {r}" for r, n in d.get("storm_stub_refusals", {}).items()) or "none"
     w(f"| stub restart under {st2['connected']} simulated agents: until every one is connected again | {healed} ({x['connected_at_end']} connected at the end; {x['redials']} redials; one agent's reconnect p50 {x['reconnect_p50_ms']:.0f} ms, p99 {x['reconnect_p99_ms']:.0f} ms) | no handshake timeouts |")
     w(f"| ... failed dials as the agents saw them / as the stub counted them | {fails} / {stub_side}; UDP datagrams dropped for full socket buffers: {d.get('storm_udp_drops', '?')} | |")
+b = d.get("bytes")
+if b:
+    q, n, tc = b["quic"], b["nghttpx"], b["tcp"]
+    w(f"| {b['mb']} MB download on loopback, CPU per GB of stub + agent, tether QUIC / nghttpx HTTP/2 tunnel | {q['cpu_s_per_gb']:.2f} / {n['cpu_s_per_gb']:.2f} s = **{q['cpu_s_per_gb']/n['cpu_s_per_gb']:.2f}x** (TCP fallback {tc['cpu_s_per_gb']:.2f} s) | at most 0.7x |")
+    w(f"| ... throughput, tether QUIC / nghttpx | {q['mb_per_s']:.0f} / {n['mb_per_s']:.0f} MB/s = **{q['mb_per_s']/n['mb_per_s']:.2f}x** (TCP fallback {tc['mb_per_s']:.0f}, direct {b['direct']['mb_per_s']:.0f}) | at least 1.3x |")
+for tr in ("quic", "tcp"):
+    x = d.get(f"beside_{tr}")
+    if x:
+        alone, beside = k(x["alone"], "small", "p50_ms"), k(x["beside"], "small", "p50_ms")
+        w(f"| small GET p50 beside a full-speed download / alone, {tr}, 5% loss, no added delay | {beside:.2f} / {alone:.2f} ms = **{beside/alone:.2f}x** (the download: {x['bulk']['mb_per_s']:.1f} MB/s) | at most 1.3x |")
+if b:
+    w(); w(f"CPU per byte, {b['mb']} MB downloads on loopback, median of {b['quic']['runs']} (CPU of the tunnel's two processes; the client and the target are not counted).")
+    w(); w("| path | MB/s | CPU s per GB |"); w("|---|---|---|")
+    for name, label in (("quic", "tether, QUIC"), ("tcp", "tether, TCP fallback"), ("nghttpx", "nghttpx hub + edge, HTTP/2 over TLS"), ("direct", "direct (no tunnel)")):
+        cpu = b[name]["cpu_s_per_gb"]
+        w(f"| {label} | {b[name]['mb_per_s']:.0f} | {'-' if cpu != cpu else f'{cpu:.2f}'} |")
 if "reconnect" in d:
     w(f"| first successful request after a stub restart | {d['reconnect']['ms']} ms | about a second |")
 if "small_quic_0" in d:
@@ -486,7 +534,13 @@ import json, sys
 import matplotlib; matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 d = json.load(open(sys.argv[1])); losses = ["0", "1", "5"]
-fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+by = d.get("bytes")
+fig, axes = plt.subplots(1, 3 if by else 2, figsize=(15 if by else 10, 4))
+a, b = axes[0], axes[1]
+if by:
+    names = [n for n in ("quic", "tcp", "nghttpx") if n in by]
+    axes[2].bar(names, [by[n]["cpu_s_per_gb"] for n in names], color=["C0", "C1", "C2"])
+    axes[2].set_title(f"CPU s per GB, {by['mb']} MB download (loopback)")
 for i, tr in enumerate(("quic", "tcp")):
     xs = [j + i * 0.38 for j in range(3)]
     a.bar(xs, [d[f"small_{tr}_{l}"]["kinds"]["small"]["p99_ms"] for l in losses], 0.38, label=tr)

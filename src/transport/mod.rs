@@ -264,6 +264,9 @@ impl Connection {
     }
 }
 
+/// The priority of a stream that lets the others go first (quinn's default is 0; higher first).
+const YIELDING: i32 = -1;
+
 /// The sending half of a stream.
 pub enum SendHalf {
     Quic(quinn::SendStream),
@@ -277,6 +280,19 @@ impl SendHalf {
             SendHalf::Quic(s) => s.write_chunk(data).await.map_err(io::Error::from),
             SendHalf::Tcp(s) => s.write_chunk(data).await,
         }
+    }
+
+    /// Lets every other stream of the connection that has data to send go first (QUIC); the
+    /// TCP fallback's HTTP/2 has no such order, and there this does nothing.
+    pub fn yield_to_others(&mut self) {
+        if let SendHalf::Quic(s) = self {
+            let _ = s.set_priority(YIELDING);
+        }
+    }
+
+    /// Whether [`SendHalf::yield_to_others`] was called (QUIC; always `false` over TCP).
+    pub fn yields_to_others(&self) -> bool {
+        matches!(self, SendHalf::Quic(s) if s.priority().is_ok_and(|p| p == YIELDING))
     }
 
     /// Ends the stream cleanly.

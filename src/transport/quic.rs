@@ -51,18 +51,27 @@ const PROBE_BUFFER: usize = 1024;
 /// Connection attempts the endpoint holds before the listener has answered them.
 const MAX_INCOMING: usize = 4096;
 
-/// The largest QUIC packet either side sends once MTU discovery has found the path carries it,
-/// and accepts: the most a UDP datagram can hold. Where the path allows (loopback, jumbo
-/// frames), fewer and larger packets cost far less CPU per byte: quinn's work, the header
-/// protection and AEAD set-up and the system calls are all per packet. On an Ethernet path,
-/// discovery settles at about 1,450 bytes as before; a probe larger than the path is lost (the
-/// kernel refuses to fragment it), which costs a few probes per connection and nothing else.
+/// The largest QUIC packet an endpoint accepts, and the largest a real agent sends once MTU
+/// discovery has found that the path carries it: the most a UDP datagram can hold. Where the
+/// path allows (loopback, jumbo frames), fewer and larger packets cost far less CPU per byte:
+/// quinn's work, the packet protection and the system calls are all per packet. On an Ethernet
+/// path discovery settles at about 1,450 bytes as before; a probe larger than the path is lost
+/// (the kernel refuses to fragment it), which costs a few probes per connection and nothing else.
 const MAX_UDP_PAYLOAD: u16 = 65_527;
+
+/// The largest packet the listener (and the bench's simulated agents) send: Ethernet-sized,
+/// quinn's default. Each connection keeps a send buffer of ten packets of its path's size and
+/// writes whole probes into it while discovering the MTU, so 65 KB packets would cost a stub
+/// about 64 KiB more per agent connection; what the listener sends (requests, uploads) is little
+/// next to what the agents send back.
+const LISTENER_MAX_PACKET: u16 = 1_452;
 
 /// Streams the dialer opens: the control stream only, plus headroom.
 const DIALER_OPENED_STREAMS: u32 = 4;
 
-fn transport(tuning: &Tuning, peer_may_open_bidi: u32) -> Arc<TransportConfig> {
+/// The transport configuration: `peer_may_open_bidi` request streams granted to the peer, and
+/// MTU discovery up to `largest_packet` bytes of UDP payload.
+fn transport(tuning: &Tuning, peer_may_open_bidi: u32, largest_packet: u16) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
     let idle = IdleTimeout::try_from(tuning.idle_timeout).unwrap_or(IdleTimeout::from(VarInt::from_u32(5_000)));
     t.max_idle_timeout(Some(idle));
@@ -73,7 +82,7 @@ fn transport(tuning: &Tuning, peer_may_open_bidi: u32) -> Arc<TransportConfig> {
     t.receive_window(VarInt::from_u32(CONNECTION_WINDOW));
     t.send_window(SEND_WINDOW);
     let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(MAX_UDP_PAYLOAD);
+    mtu.upper_bound(largest_packet);
     t.mtu_discovery_config(Some(mtu));
     // Datagrams carry only liveness probes (see `crate::liveness`), which no application reads:
     // a few are buffered and the oldest dropped, instead of quinn's default of a megabyte.
@@ -126,7 +135,7 @@ pub fn server_endpoint(
 ) -> std::io::Result<Endpoint> {
     let crypto = QuicServerConfig::try_from(tls).map_err(std::io::Error::other)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport(tuning, DIALER_OPENED_STREAMS));
+    config.transport_config(transport(tuning, DIALER_OPENED_STREAMS, LISTENER_MAX_PACKET));
     // Connection attempts not yet answered (each is answered at once, with a Retry or a
     // handshake): bounded, and so is what they may buffer.
     config.max_incoming(MAX_INCOMING).incoming_buffer_size(64 * 1024).incoming_buffer_size_total(16 << 20);
@@ -143,18 +152,19 @@ pub fn client_endpoint(bind: SocketAddr) -> std::io::Result<Endpoint> {
 pub fn client_config(tls: rustls::ClientConfig, tuning: &Tuning) -> std::io::Result<quinn::ClientConfig> {
     let crypto = QuicClientConfig::try_from(tls).map_err(std::io::Error::other)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport(tuning, tuning.max_request_streams));
+    config.transport_config(transport(tuning, tuning.max_request_streams, MAX_UDP_PAYLOAD));
     Ok(config)
 }
 
 /// Client configurations that share one transport configuration: for many dialers in one
-/// process, each with a certificate of its own (`tether bench --agents`).
+/// process, each with a certificate of its own (`tether bench --agents`). Their packets stay
+/// Ethernet-sized ([`LISTENER_MAX_PACKET`]), so that a simulated agent stays small.
 #[derive(Clone)]
 pub struct SharedClientTransport(Arc<TransportConfig>);
 
 impl SharedClientTransport {
     pub fn new(tuning: &Tuning) -> SharedClientTransport {
-        SharedClientTransport(transport(tuning, tuning.max_request_streams))
+        SharedClientTransport(transport(tuning, tuning.max_request_streams, LISTENER_MAX_PACKET))
     }
 
     /// What [`client_config`] gives, with the shared transport configuration.
@@ -163,5 +173,45 @@ impl SharedClientTransport {
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(self.0.clone());
         Ok(config)
+    }
+}
+
+/// A QUIC connection on loopback for unit tests: a stub-like listener (no client
+/// authentication) and a dialer with the same transport settings as the real ones.
+#[cfg(test)]
+pub(crate) mod testing {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+
+    use super::*;
+    use crate::identity::certs::{Signer, Validity, new_ca};
+
+    /// (dialer's side, listener's side) of one connection.
+    pub async fn loopback_pair() -> (quinn::Connection, quinn::Connection) {
+        let ca = new_ca("test CA", Validity::days(1)).unwrap();
+        let signer = Signer::from_pem(&ca.cert_pem, &ca.key_pem).unwrap();
+        let stub = signer.issue_stub(&["localhost".into()], Validity::days(1)).unwrap();
+        let agent = signer.issue_agent("dev", "agent-0", Validity::days(1)).unwrap();
+        let key = |pem: &str| PrivateKeyDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let mut server_tls = crate::identity::tls::tls13_server()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![stub.der.clone()], key(&stub.key_pem))
+            .unwrap();
+        server_tls.alpn_protocols = vec![crate::wire::ALPN.to_vec()];
+        let tuning = Tuning::default();
+        let server = server_endpoint(bind_udp("127.0.0.1:0".parse().unwrap()).unwrap(), server_tls, &tuning).unwrap();
+        let client = client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+        let client_tls = crate::identity::tls::agent_dialer(
+            std::slice::from_ref(&ca.der),
+            vec![agent.der.clone()],
+            key(&agent.key_pem),
+        )
+        .unwrap();
+        let connecting = client
+            .connect_with(client_config(client_tls, &tuning).unwrap(), server.local_addr().unwrap(), "localhost")
+            .unwrap();
+        let (dialer, listener) = tokio::join!(connecting, async { server.accept().await.unwrap().await });
+        (dialer.unwrap(), listener.unwrap())
     }
 }
