@@ -414,6 +414,17 @@ else
   # and not the link is the limit: 5% loss and no added delay, so the download runs as fast as
   # stub and agent can move it. One small GET at a time, alone and then beside the download.
   link_up 5 0ms
+  # The same without a tunnel: plain HTTP across the link, a TCP connection each for the GETs
+  # and the download, so what the link itself and the machine's CPU do to the GETs shows apart.
+  log "direct at 5% loss, no added delay: small GETs alone, then beside a full-speed download"
+  nsbench "${direct[@]}" --mix small -c 1 -d "${secs}s" >"$work/alone-direct.json"
+  nsbench "${direct[@]}" --mix list --list-path "/list?bytes=10000000" -c 1 -d "$((secs + 2))s" --timeout 60s \
+    >"$work/beside-bulk-direct.json" &
+  bulk_pid=$!
+  sleep 1 # a benchmark, not a test: the download is under way when the GETs start
+  nsbench "${direct[@]}" --mix small -c 1 -d "${secs}s" >"$work/beside-direct.json"
+  wait "$bulk_pid" || true
+  record beside_direct "{\"alone\": $(cat "$work/alone-direct.json"), \"beside\": $(cat "$work/beside-direct.json"), \"bulk\": $(cat "$work/beside-bulk-direct.json")}"
   for transport in quic tcp; do
     log "$transport at 5% loss, no added delay: small GETs alone, then beside a full-speed download"
     agent_up "$transport"
@@ -496,19 +507,19 @@ if b:
     q, n, tc = b["quic"], b["nghttpx"], b["tcp"]
     w(f"| {b['mb']} MB download on loopback, CPU per GB of stub + agent, tether QUIC / nghttpx HTTP/2 tunnel | {q['cpu_s_per_gb']:.2f} / {n['cpu_s_per_gb']:.2f} s = **{q['cpu_s_per_gb']/n['cpu_s_per_gb']:.2f}x** (TCP fallback {tc['cpu_s_per_gb']:.2f} s) | at most 0.7x |")
     w(f"| ... throughput, tether QUIC / nghttpx | {q['mb_per_s']:.0f} / {n['mb_per_s']:.0f} MB/s = **{q['mb_per_s']/n['mb_per_s']:.2f}x** (TCP fallback {tc['mb_per_s']:.0f}, direct {b['direct']['mb_per_s']:.0f}) | at least 1.3x |")
-for tr in ("quic", "tcp"):
+for tr in ("quic", "tcp", "direct"):
     x = d.get(f"beside_{tr}")
     if x:
         alone, beside = k(x["alone"], "small", "p50_ms"), k(x["beside"], "small", "p50_ms")
-        w(f"| small GET p50 beside a full-speed download / alone, {tr}, 5% loss, no added delay | {beside:.2f} / {alone:.2f} ms = **{beside/alone:.2f}x** (the download: {x['bulk']['mb_per_s']:.1f} MB/s) | at most 1.3x |")
+        w(f"| small GET p50 beside a full-speed download / alone, {tr if tr == 'direct' else 'tether ' + tr}, 5% loss, no added delay | {beside:.2f} / {alone:.2f} ms = **{beside/alone:.2f}x** (the download: {x['bulk']['mb_per_s']:.1f} MB/s) | {'at most 1.3x' if tr != 'direct' else 'no tunnel: what the link and the CPU do'} |")
+if "reconnect" in d:
+    w(f"| first successful request after a stub restart | {d['reconnect']['ms']} ms | about a second |")
 if b:
     w(); w(f"CPU per byte, {b['mb']} MB downloads on loopback, median of {b['quic']['runs']} (CPU of the tunnel's two processes; the client and the target are not counted).")
     w(); w("| path | MB/s | CPU s per GB |"); w("|---|---|---|")
     for name, label in (("quic", "tether, QUIC"), ("tcp", "tether, TCP fallback"), ("nghttpx", "nghttpx hub + edge, HTTP/2 over TLS"), ("direct", "direct (no tunnel)")):
         cpu = b[name]["cpu_s_per_gb"]
         w(f"| {label} | {b[name]['mb_per_s']:.0f} | {'-' if cpu != cpu else f'{cpu:.2f}'} |")
-if "reconnect" in d:
-    w(f"| first successful request after a stub restart | {d['reconnect']['ms']} ms | about a second |")
 if "small_quic_0" in d:
     w(); w(f"QUIC vs TCP fallback, 20 ms RTT, {secs} s per cell: small GETs (4 at a time) while one bulk download shares the tunnel.")
     w(); w("| loss | transport | small p50 ms | small p99 ms | small req/s | bulk MB/s |"); w("|---|---|---|---|---|---|")
