@@ -7,6 +7,11 @@
 //! CPU (perf). Keeping up to [`TRIM_THRESHOLD`] of freed memory per heap and serving up to
 //! [`MMAP_THRESHOLD`] from the heaps removes that work; measured side by side it cut CPU per
 //! byte by a sixth and raised throughput by a tenth (`scripts/bench.sh --only bytes`).
+//!
+//! The price is memory kept after a burst: up to [`TRIM_THRESHOLD`] per heap, and glibc keeps a
+//! heap for each thread that met another in the allocator (at most eight per core). On the
+//! two-core machines here that is a few tens of MiB at most; the stub's memory per agent
+//! connection did not change (41 KiB in `scripts/bench.sh`).
 
 /// Allocations up to this size come from the heaps, not from `mmap` of their own.
 pub const MMAP_THRESHOLD: usize = 1 << 20;
