@@ -126,15 +126,17 @@ async fn a_client_without_a_certificate_gets_no_connection() {
     let config = tether::transport::quic::client_config(tls.clone(), &tuning).unwrap();
     let conn = endpoint.connect_with(config, stub.quic.parse().unwrap(), "localhost").unwrap().await;
     // TLS 1.3: our side may finish before the stub judges us; the refusal then arrives on the
-    // first stream operation.
+    // first stream operation, or even before it (opening the stream fails with it).
     let err = match conn {
         Err(e) => e,
-        Ok(conn) => {
-            let (mut send, mut recv) = conn.open_bi().await.unwrap();
-            let _ = send.write_all(b"hello?").await;
-            let _ = recv.read_to_end(1024).await;
-            conn.close_reason().expect("the stub closed the connection")
-        }
+        Ok(conn) => match conn.open_bi().await {
+            Err(e) => e,
+            Ok((mut send, mut recv)) => {
+                let _ = send.write_all(b"hello?").await;
+                let _ = recv.read_to_end(1024).await;
+                conn.close_reason().expect("the stub closed the connection")
+            }
+        },
     };
     let explained = tether::transport::explain::closed(&err);
     assert!(explained.contains("requires a client certificate"), "{explained}");
