@@ -413,30 +413,28 @@ else
   # What a bulk download does to the requests beside it on the same agent connection, where CPU
   # and not the link is the limit: 5% loss and no added delay, so the download runs as fast as
   # stub and agent can move it. One small GET at a time, alone and then beside the download.
+  # beside NAME TARGET-ARGS...: small GETs alone, then beside a full-speed 10 MB download, both
+  # through TARGET-ARGS; recorded as beside_NAME.
+  beside() {
+    local name=$1; shift
+    log "$name at 5% loss, no added delay: small GETs alone, then beside a full-speed download"
+    nsbench "$@" --mix small -c 1 -d "${secs}s" >"$work/alone-$name.json"
+    nsbench "$@" --mix list --list-path "/list?bytes=10000000" -c 1 -d "$((secs + 2))s" --timeout 60s \
+      >"$work/beside-bulk-$name.json" &
+    bulk_pid=$!
+    sleep 1 # a benchmark, not a test: the download is under way when the GETs start
+    nsbench "$@" --mix small -c 1 -d "${secs}s" >"$work/beside-$name.json"
+    wait "$bulk_pid" || true
+    record "beside_$name" "{\"alone\": $(cat "$work/alone-$name.json"), \"beside\": $(cat "$work/beside-$name.json"), \"bulk\": $(cat "$work/beside-bulk-$name.json")}"
+  }
   link_up 5 0ms
   # The same without a tunnel: plain HTTP across the link, a TCP connection each for the GETs
   # and the download, so what the link itself and the machine's CPU do to the GETs shows apart.
-  log "direct at 5% loss, no added delay: small GETs alone, then beside a full-speed download"
-  nsbench "${direct[@]}" --mix small -c 1 -d "${secs}s" >"$work/alone-direct.json"
-  nsbench "${direct[@]}" --mix list --list-path "/list?bytes=10000000" -c 1 -d "$((secs + 2))s" --timeout 60s \
-    >"$work/beside-bulk-direct.json" &
-  bulk_pid=$!
-  sleep 1 # a benchmark, not a test: the download is under way when the GETs start
-  nsbench "${direct[@]}" --mix small -c 1 -d "${secs}s" >"$work/beside-direct.json"
-  wait "$bulk_pid" || true
-  record beside_direct "{\"alone\": $(cat "$work/alone-direct.json"), \"beside\": $(cat "$work/beside-direct.json"), \"bulk\": $(cat "$work/beside-bulk-direct.json")}"
+  beside direct "${direct[@]}"
   for transport in quic tcp; do
-    log "$transport at 5% loss, no added delay: small GETs alone, then beside a full-speed download"
     agent_up "$transport"
     t=("${through[@]/PORT/$https_port}")
-    nsbench "${t[@]}" --mix small -c 1 -d "${secs}s" >"$work/alone-$transport.json"
-    nsbench "${t[@]}" --mix list --list-path "/list?bytes=10000000" -c 1 -d "$((secs + 2))s" --timeout 60s \
-      >"$work/beside-bulk-$transport.json" &
-    bulk_pid=$!
-    sleep 1 # a benchmark, not a test: the download is under way when the GETs start
-    nsbench "${t[@]}" --mix small -c 1 -d "${secs}s" >"$work/beside-$transport.json"
-    wait "$bulk_pid" || true
-    record "beside_$transport" "{\"alone\": $(cat "$work/alone-$transport.json"), \"beside\": $(cat "$work/beside-$transport.json"), \"bulk\": $(cat "$work/beside-bulk-$transport.json")}"
+    beside "$transport" "${t[@]}"
     stop_pid "$agent_pid" agentns
   done
   link_down

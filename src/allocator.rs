@@ -35,3 +35,13 @@ pub fn tune_for_streaming() -> bool {
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// glibc takes both thresholds (this machine runs glibc, as CI does).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn glibc_takes_the_thresholds() {
+        assert!(super::tune_for_streaming());
+    }
+}
