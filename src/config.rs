@@ -91,11 +91,15 @@ pub fn flags_from(
     let table: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| ConfigError::Toml { path: path.to_owned(), message: e.to_string() })?;
-    let sections: Vec<&str> = cli
-        .get_subcommands()
-        .filter(|c| c.get_arguments().any(|a| a.get_long().is_some()))
-        .map(|c| c.get_name())
-        .collect();
+    // Commands with flags of their own (`certs` has only subcommands; global flags and --help
+    // reach every one).
+    let own_flag = |a: &clap::Arg| {
+        a.get_long().is_some()
+            && !a.is_global_set()
+            && !matches!(a.get_action(), clap::ArgAction::Help | clap::ArgAction::Version)
+    };
+    let sections: Vec<&str> =
+        cli.get_subcommands().filter(|c| c.get_arguments().any(own_flag)).map(|c| c.get_name()).collect();
     let mut flags = Vec::new();
     for (section, body) in &table {
         let Some(sub) = cli.find_subcommand(section).filter(|_| sections.contains(&section.as_str())) else {

@@ -9,6 +9,7 @@
 //! Where things live, from the ground up: a module uses only those above it in this list, and
 //! the agent never uses the stub (`tests/layering.rs` holds the code to this).
 //! - [`shutdown`]: SIGINT and SIGTERM as one future.
+//! - [`logging`]: log lines on stderr, as text or as one JSON object per line.
 //! - [`fd_limit`]: the open-file limit raised for thousands of connections.
 //! - [`allocator`]: glibc's allocator set for streaming (freed buffers kept, not unmapped).
 //! - [`backoff`]: reconnect delays, capped exponential with jitter (pure).
@@ -54,6 +55,7 @@ pub mod identity;
 pub mod kubeconfig;
 pub mod link;
 pub mod liveness;
+pub mod logging;
 pub mod metrics;
 pub mod register;
 pub mod shutdown;

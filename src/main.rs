@@ -5,33 +5,27 @@
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
+use clap::FromArgMatches;
 
 use tether::cli::{Cli, Command};
-
-fn init_tracing() {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-}
 
 fn main() -> ExitCode {
     // First, before any thread or large buffer exists.
     let allocator_tuned = tether::allocator::tune_for_streaming();
-    let args = match tether::config::merged_args(std::env::args_os().collect(), &Cli::command()) {
+    let mut command = tether::cli::command();
+    command.build(); // global flags (--log-format) become keys of every [section] of --config
+    let args = match tether::config::merged_args(std::env::args_os().collect(), &command) {
         Ok(args) => args,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
-    let cli = Cli::parse_from(args);
-    init_tracing();
+    let cli = match command.try_get_matches_from(args).and_then(|m| Cli::from_arg_matches(&m)) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    tether::logging::init(cli.log_format);
     tether::identity::tls::install_default_provider();
     tracing::debug!(allocator_tuned, "allocator thresholds for streaming");
     if let Some((soft, hard)) = tether::fd_limit::raise_to_hard_limit() {

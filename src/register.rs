@@ -46,13 +46,73 @@ pub enum RegisterError {
     /// A file the Secret carries could not be read.
     #[error(transparent)]
     File(#[from] FileError),
+    /// `--stub` is not HOST:PORT.
+    #[error(
+        "--stub {value:?} is not HOST:PORT (a DNS name, an IPv4 address or a [IPv6] address, then a port 1-65535): {problem}"
+    )]
+    Stub { value: String, problem: &'static str },
+    /// `--image` is not an image reference.
+    #[error("--image {value:?} is not an image reference: {problem}")]
+    Image { value: String, problem: &'static str },
+}
+
+/// Checks that `value` is HOST:PORT, as the agent will dial it: nothing else can reach the
+/// manifest through it (it is written into a comment and an argument).
+pub fn validate_stub(value: &str) -> Result<(), RegisterError> {
+    let bad = |problem| RegisterError::Stub { value: value.to_owned(), problem };
+    let (host, port) = value.rsplit_once(':').ok_or_else(|| bad("no :PORT"))?;
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) || port.len() > 5 {
+        return Err(bad("the port is not a number"));
+    }
+    if !matches!(port.parse::<u32>(), Ok(1..=65_535)) {
+        return Err(bad("the port is not within 1-65535"));
+    }
+    if let Some(inner) = host.strip_prefix('[') {
+        let inner = inner.strip_suffix(']').ok_or_else(|| bad("an IPv6 address needs its closing ]"))?;
+        return inner.parse::<std::net::Ipv6Addr>().map(|_| ()).map_err(|_| bad("not an IPv6 address inside [ ]"));
+    }
+    if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Ok(());
+    }
+    if host.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Err(bad("an IPv6 address must be written in [ ]"));
+    }
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(bad("the host is not a DNS name (letters, digits, inner '-', labels joined by '.')"));
+    }
+    Ok(())
+}
+
+/// Checks that `value` could be a container image reference: printable, no spaces, no quotes.
+/// (The manifest quotes it anyway; this catches a mistyped one before a cluster does.)
+pub fn validate_image(value: &str) -> Result<(), RegisterError> {
+    let bad = |problem| RegisterError::Image { value: value.to_owned(), problem };
+    if value.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    if value.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '#' | '`')) {
+        return Err(bad("it holds white space, a control character, a quote or '#'"));
+    }
+    Ok(())
 }
 
 impl Registration {
     /// Issues the agent's certificate in `dir` if it has none yet (or reuses it), makes sure its
     /// fingerprint is in the whitelist, and reads every file the manifest carries.
     pub fn prepare(dir: &CertDir, target: Target) -> Result<(Registration, Fingerprint), RegisterError> {
+        // Everything that reaches the manifest is checked before anything is issued or written.
         names::validate("namespace", &target.namespace)?;
+        names::validate("cluster", &target.cluster)?;
+        names::validate("agent name", &target.name)?;
+        validate_stub(&target.stub)?;
+        validate_image(&target.image)?;
         let (cluster, name) = (&target.cluster, &target.name);
         let cert = dir.agent_cert(cluster, name);
         let fingerprint = if cert.exists() {
@@ -258,5 +318,70 @@ spec:
             role = q(&format!("tether:{}:impersonator", target.namespace)),
             args = args.join(", "),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn addresses_an_agent_can_dial_are_taken() {
+        for ok in ["hub.example.com:7443", "localhost:1", "10.0.0.1:65535", "[::1]:7443", "[fd00::7]:443", "hub.:7443"]
+        {
+            validate_stub(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+    }
+
+    #[test]
+    fn hostile_or_mistyped_addresses_are_refused_with_the_reason() {
+        let cases = [
+            ("hub:7443\nkind: Secret", "the port is not a number"),
+            ("hub\n---\nkind: ClusterRoleBinding:7443", "not a DNS name"),
+            ("hub # comment:7443", "not a DNS name"),
+            ("hub", "no :PORT"),
+            ("hub:0", "within 1-65535"),
+            ("hub:65536", "within 1-65535"),
+            ("fd00::1:7443", "must be written in [ ]"),
+            ("[::1:7443", "closing ]"),
+            ("[hub]:7443", "not an IPv6 address"),
+            (":7443", "not a DNS name"),
+            ("-hub:7443", "not a DNS name"),
+        ];
+        for (value, reason) in cases {
+            let message = validate_stub(value).expect_err(value).to_string();
+            assert!(message.contains(reason), "{value:?}: {message}");
+            assert!(message.contains("--stub"), "{message}");
+        }
+    }
+
+    #[test]
+    fn images_with_spaces_quotes_or_newlines_are_refused() {
+        validate_image("registry.local:5000/tether@sha256:0123").unwrap();
+        for bad in ["", "a b", "img\nkind: Pod", "img\"", "img#x"] {
+            assert!(validate_image(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    proptest! {
+        /// Whatever is taken is one line of harmless characters, so it cannot add manifest lines.
+        #[test]
+        fn a_taken_address_is_one_line_of_plain_characters(value in ".{0,40}") {
+            if validate_stub(&value).is_ok() {
+                prop_assert!(value.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)), "{value:?}");
+            }
+        }
+
+        /// Every host:port built from valid parts is taken.
+        #[test]
+        fn valid_parts_make_a_valid_address(
+            labels in proptest::collection::vec("[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?", 1..4),
+            port in 1u16..,
+        ) {
+            let value = format!("{}:{port}", labels.join("."));
+            prop_assert!(validate_stub(&value).is_ok(), "{value}");
+        }
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use super::forward::Forwarder;
 use super::forward::serve_stream;
@@ -126,7 +127,7 @@ pub async fn serve(
         };
         match accepted {
             Ok((send, recv)) => {
-                streams.spawn(serve_stream(forwarder.clone(), send, recv, watches_end.clone()));
+                streams.spawn(serve_stream(forwarder.clone(), send, recv, watches_end.clone()).in_current_span());
             }
             Err(reason) => return SessionEnd::Lost { reason },
         }
@@ -184,7 +185,7 @@ async fn drain(
             }
             accepted = conn.accept_stream() => match accepted {
                 Ok((send, recv)) => {
-                    streams.spawn(serve_stream(forwarder.clone(), send, recv, watches_end.clone()));
+                    streams.spawn(serve_stream(forwarder.clone(), send, recv, watches_end.clone()).in_current_span());
                 }
                 Err(_) => break,
             },
@@ -204,7 +205,7 @@ async fn drain(
     let served_to_the_end = tokio::time::timeout_at(deadline, async {
         while let Ok((send, recv)) = conn.accept_stream().await {
             tracing::debug!("a request routed just before the drain arrived late; serving it");
-            streams.spawn(serve_stream(forwarder.clone(), send, recv, watches_end.clone()));
+            streams.spawn(serve_stream(forwarder.clone(), send, recv, watches_end.clone()).in_current_span());
         }
     });
     if served_to_the_end.await.is_err() {

@@ -10,8 +10,9 @@
 //! - [`bench`]: `tether bench`, the load harness.
 //! - [`link`]: `tether link`, an emulated bad link.
 //!
-//! Every flag of a long-running command has a `TETHER_*` variable; [`crate::config`] adds flags
-//! from a TOML file before clap parses.
+//! Every flag of every command can also come from the environment: [`command`] gives each flag
+//! that names no variable of its own `TETHER_` and its long name (`--hub-token-file` is
+//! `TETHER_HUB_TOKEN_FILE`). [`crate::config`] adds flags from a TOML file before clap parses.
 
 pub mod agent;
 pub mod bench;
@@ -38,8 +39,47 @@ pub struct Cli {
     /// command line and the environment win over it.
     #[arg(long, global = true, env = "TETHER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// How log lines are written to stderr: text for people, json for log collectors (one object
+    /// per line).
+    #[arg(long, global = true, env = "TETHER_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The format of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The command line as clap parses it: [`Cli`], with a `TETHER_*` variable for every flag.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    with_environment(Cli::command())
+}
+
+/// The variable a flag without one of its own gets: `TETHER_` and its long name.
+pub fn variable_for(long: &str) -> String {
+    format!("TETHER_{}", long.to_ascii_uppercase().replace('-', "_"))
+}
+
+fn with_environment(mut command: clap::Command) -> clap::Command {
+    let missing: Vec<(clap::Id, String)> = command
+        .get_arguments()
+        .filter(|a| a.get_env().is_none() && !a.is_positional())
+        .filter(|a| !matches!(a.get_action(), clap::ArgAction::Help | clap::ArgAction::Version))
+        .filter_map(|a| a.get_long().map(|long| (a.get_id().clone(), variable_for(long))))
+        .collect();
+    for (id, variable) in missing {
+        command = command.mut_arg(id, |a| a.env(variable));
+    }
+    let subcommands: Vec<String> = command.get_subcommands().map(|c| c.get_name().to_owned()).collect();
+    for name in subcommands {
+        command = command.mut_subcommand(name, with_environment);
+    }
+    command
 }
 
 #[derive(Subcommand)]

@@ -17,6 +17,7 @@
 //! - [`gather`]: a QUIC receive stream that hands on chunks of a useful size.
 //! - [`udp_batches`]: the UDP socket under quinn, its offload batches cut to what the kernel
 //!   takes.
+//! - [`udp_buffers`]: that UDP socket's kernel buffers, and a warning when the kernel grants less.
 
 pub mod dial;
 pub mod explain;
@@ -26,6 +27,7 @@ pub mod listen;
 pub mod quic;
 pub mod tcp;
 pub mod udp_batches;
+pub mod udp_buffers;
 
 use std::io;
 use std::net::SocketAddr;

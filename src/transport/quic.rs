@@ -10,6 +10,7 @@ use quinn::{Endpoint, EndpointConfig, IdleTimeout, TransportConfig, VarInt};
 
 use super::flow::{CONNECTION_WINDOW, STREAM_WINDOW};
 use super::udp_batches::BoundedBatches;
+use super::udp_buffers;
 
 /// Knobs of a QUIC connection that an operator may need to turn.
 #[derive(Debug, Clone)]
@@ -42,8 +43,6 @@ pub enum Congestion {
 }
 
 const SEND_WINDOW: u64 = 16 * 1024 * 1024;
-/// Kernel socket buffers we ask for; bursts of a fast sender land here before quinn reads them.
-const UDP_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 
 /// Bytes of datagrams (liveness probes) buffered each way.
 const PROBE_BUFFER: usize = 1024;
@@ -106,8 +105,7 @@ fn endpoint(socket: std::net::UdpSocket, server: Option<quinn::ServerConfig>) ->
     Endpoint::new_with_abstract_socket(config, server, socket, Arc::new(quinn::TokioRuntime))
 }
 
-/// Binds a UDP socket with large buffers, logging what the kernel granted (Linux caps requests
-/// at `net.core.rmem_max` unless raised).
+/// Binds a UDP socket with large kernel buffers (see [`udp_buffers`]).
 pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -115,15 +113,8 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
         socket.set_only_v6(false).ok();
     }
     // Best effort: a smaller buffer still works, just drops more under bursts.
-    socket.set_recv_buffer_size(UDP_BUFFER_BYTES).ok();
-    socket.set_send_buffer_size(UDP_BUFFER_BYTES).ok();
+    udp_buffers::size(&socket);
     socket.bind(&addr.into())?;
-    tracing::debug!(
-        requested = UDP_BUFFER_BYTES,
-        recv = socket.recv_buffer_size().unwrap_or(0),
-        send = socket.send_buffer_size().unwrap_or(0),
-        "UDP socket buffers"
-    );
     Ok(socket.into())
 }
 
