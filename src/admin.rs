@@ -1,6 +1,7 @@
 //! The admin listener (`--admin-listen ADDR`) of stub and agent: `/healthz` (the process runs),
-//! `/readyz` (ready to serve: for an agent, connected to the stub and welcomed) and `/metrics`
-//! (Prometheus text), until the process shuts down. Plain HTTP on purpose: it is for the
+//! `/readyz` (ready to serve: for an agent, connected to the stub and welcomed), `/metrics`
+//! (Prometheus text) and, on a stub, `/clusters` (the cluster inventory, JSON), until the
+//! process shuts down. Plain HTTP on purpose: it is for the
 //! kubelet's probes, Prometheus and local tooling, and carries nothing secret (no tokens, no
 //! keys; cluster and agent names).
 
@@ -53,6 +54,8 @@ pub struct Site {
     /// What `/readyz` says while ready, after "ready" (a stub replica: its view of the hub).
     pub ready_detail: Option<Metrics>,
     pub metrics: Metrics,
+    /// `/clusters` (JSON), where there is one (a stub).
+    pub clusters: Option<Metrics>,
 }
 
 /// Binds `--admin-listen`, if given; the error names the address.
@@ -95,6 +98,15 @@ fn route(site: &Site, path: &str) -> Response<Body> {
             );
             response
         }
+        "/clusters" if site.clusters.is_some() => {
+            let render = site.clusters.as_ref().expect("checked");
+            let mut response = Response::new(bridge::full(render()));
+            response
+                .headers_mut()
+                .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+            response
+        }
+        _ if site.clusters.is_some() => answer(StatusCode::NOT_FOUND, "try /healthz, /readyz, /metrics or /clusters\n"),
         _ => answer(StatusCode::NOT_FOUND, "try /healthz, /readyz or /metrics\n"),
     }
 }

@@ -9,7 +9,6 @@
 //! Where things live, from the ground up: a module uses only those above it in this list, and
 //! the agent never uses the stub (`tests/layering.rs` holds the code to this).
 //! - [`shutdown`]: SIGINT and SIGTERM as one future.
-//! - [`logging`]: log lines on stderr, as text or as one JSON object per line.
 //! - [`fd_limit`]: the open-file limit raised for thousands of connections.
 //! - [`allocator`]: glibc's allocator set for streaming (freed buffers kept, not unmapped).
 //! - [`backoff`]: reconnect delays, capped exponential with jitter (pure).
@@ -17,6 +16,7 @@
 //! - [`identity`]: CA and certificates, fingerprints, the whitelist, TLS configurations, tokens
 //!   and the one authorization decision.
 //! - [`errors`]: an error and its sources as one line.
+//! - [`logging`]: log lines on stderr, as text or as one JSON object per line.
 //! - [`accept`]: the one accept loop of every TCP listener.
 //! - [`transport`]: a connection over QUIC or the TCP fallback, its streams, dialing and
 //!   listening, and plain words for refusals.

@@ -55,6 +55,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Token(token) => token.run(),
         Command::Kubeconfig(kubeconfig) => kubeconfig.run(),
         Command::Register(register) => register.run(),
+        Command::Status(status) => status.run().await,
         Command::Hub(hub) => hub.run(),
         Command::Bench(bench) => bench.run().await,
         Command::Link(link) => link.run().await,

@@ -14,19 +14,6 @@ use support::{Pki, StubProc, call, front_client, start_agent};
 use tether::identity::token::{Claims, TokenIssuer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A raw QUIC connection presenting `cluster/name`'s whitelisted certificate: it can say
-/// anything, which a real agent never would.
-async fn hostile_connection(pki: &Pki, stub: &StubProc, cluster: &str, name: &str) -> quinn::Connection {
-    use tether::identity::files;
-    let ca = files::load_certs(&pki.dir.ca_cert()).unwrap();
-    let chain = files::load_certs(&pki.dir.agent_cert(cluster, name)).unwrap();
-    let key = files::load_key(&pki.dir.agent_key(cluster, name)).unwrap();
-    let tls = tether::identity::tls::agent_dialer(&ca, chain, key).unwrap();
-    let config = tether::transport::quic::client_config(tls, &tether::transport::quic::Tuning::default()).unwrap();
-    let endpoint = tether::transport::quic::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.connect_with(config, stub.quic.parse().unwrap(), "localhost").unwrap().await.unwrap()
-}
-
 /// Waits (bounded) for the stub to close `conn`; returns the close reason.
 async fn closed_by_stub(conn: &quinn::Connection) -> String {
     tokio::time::timeout(support::PATIENCE, conn.closed()).await.expect("the stub closes the connection").to_string()
@@ -44,14 +31,14 @@ async fn a_hostile_agent_cannot_hurt_the_stub_with_bad_frames() {
     let echo = format!("{}/clusters/dev/echo", stub.url);
 
     // 1. Garbage where the hello should be.
-    let conn = hostile_connection(&pki, &stub, "dev", "hostile").await;
+    let conn = support::raw_agent_connection(&pki, &stub, "dev", "hostile").await;
     let (mut send, _recv) = conn.open_bi().await.unwrap();
     send.write_all(&[0, 0, 0, 5, 0xff, 0xfe, 0xfd, 0xfc, 0xfb]).await.unwrap();
     assert!(closed_by_stub(&conn).await.contains("bad hello"));
 
     // 2. A length prefix of 4 GiB: refused from the prefix alone, nothing allocated.
     let before = stub.proc.peak_rss();
-    let conn = hostile_connection(&pki, &stub, "dev", "hostile").await;
+    let conn = support::raw_agent_connection(&pki, &stub, "dev", "hostile").await;
     let (mut send, _recv) = conn.open_bi().await.unwrap();
     send.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).await.unwrap();
     let reason = closed_by_stub(&conn).await;
@@ -60,7 +47,7 @@ async fn a_hostile_agent_cannot_hurt_the_stub_with_bad_frames() {
 
     // 3. A proper hello, then garbage instead of a response head: the caller gets a 502 and the
     // stub drops nothing else. The request goes to the hostile agent while it is the only one.
-    let conn = hostile_connection(&pki, &stub, "dev", "hostile").await;
+    let conn = support::raw_agent_connection(&pki, &stub, "dev", "hostile").await;
     let (mut control, mut control_recv) = conn.open_bi().await.unwrap();
     let hello = tether::wire::frame::Control::Hello(tether::wire::frame::Hello {
         protocol_version: tether::wire::PROTOCOL_VERSION,

@@ -114,6 +114,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
             readiness: readiness.clone(),
             not_ready: "not connected to the stub\n",
             ready_detail: None,
+            clusters: None,
             metrics: Arc::new(move || scraped.render(ready.get())),
         };
         tokio::spawn(admin::serve(listener, site, admin_stop.clone()));

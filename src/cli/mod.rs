@@ -6,6 +6,7 @@
 //! - [`credentials`]: `tether token` and `tether kubeconfig`, for users and services.
 //! - [`console`]: `tether console`, `tether credential` (kubectl's exec plugin) and `tether login`.
 //! - [`register`]: `tether register`, the manifest that installs an agent.
+//! - [`status`]: `tether status`, a stub's cluster inventory as a table.
 //! - [`hub`]: `tether hub`, the hub's own manifest (stub replicas, Services, Lease RBAC).
 //! - [`bench`]: `tether bench`, the load harness.
 //! - [`link`]: `tether link`, an emulated bad link.
@@ -22,6 +23,7 @@ pub mod credentials;
 pub mod hub;
 pub mod link;
 pub mod register;
+pub mod status;
 pub mod stub;
 
 use std::path::PathBuf;
@@ -29,6 +31,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+pub use crate::logging::LogFormat;
 use crate::transport::quic::Congestion;
 
 /// A QUIC reverse tunnel from a hub to the Kubernetes API servers of clusters it cannot dial.
@@ -45,13 +48,6 @@ pub struct Cli {
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
-}
-
-/// The format of log lines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 /// The command line as clap parses it: [`Cli`], with a `TETHER_*` variable for every flag.
@@ -95,6 +91,8 @@ pub enum Command {
     Token(credentials::TokenArgs),
     /// Print a kubeconfig that points kubectl at one cluster through the stub.
     Kubeconfig(credentials::KubeconfigArgs),
+    /// Show a stub's clusters and agent connections (from its admin listener's /clusters).
+    Status(status::StatusArgs),
     /// Print the manifest that installs an agent in a cluster (issuing and registering its
     /// certificate if it has none yet).
     Register(register::RegisterArgs),

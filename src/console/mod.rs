@@ -162,6 +162,7 @@ impl Console {
                 readiness: Readiness::ready(),
                 not_ready: "shutting down",
                 ready_detail: None,
+                clusters: None,
                 metrics: Arc::new(move || for_metrics.metrics.render()),
             };
             tokio::spawn(admin::serve(admin, site, shutdown.clone()));

@@ -59,7 +59,7 @@ pub async fn serve_agent(conn: Connection, fingerprint: Option<Fingerprint>, sta
             tracing::info!(claimed = %hello.agent_name, "agent name differs from its whitelist entry; using the entry's");
         }
         let to = HopTo::Agent { cluster: entry.cluster.clone(), name: entry.name.clone(), fingerprint };
-        let agent = Arc::new(Hop::new(state.registry.next_id(), to, conn.clone()));
+        let agent = Arc::new(Hop::new(state.registry.next_id(), to, conn.clone(), hello.build.clone()));
         state.registry.add(agent.clone());
         let observer = SilenceLog { connection: agent.id, cluster: entry.cluster.clone(), metrics: state.metrics.clone() };
         tokio::spawn(liveness::watch(agent.liveness.clone(), conn.clone(), observer).in_current_span());
@@ -76,6 +76,16 @@ pub async fn serve_agent(conn: Connection, fingerprint: Option<Fingerprint>, sta
             return;
         }
         tracing::info!(connection = agent.id, build = %hello.build, "agent connected");
+        if hello.build != crate::BUILD {
+            // Same protocol (checked above), another build: fine to run, worth knowing about
+            // (an agent left behind by an upgrade, or one ahead of a rollback).
+            tracing::warn!(
+                connection = agent.id,
+                agent_build = %hello.build,
+                stub_build = crate::BUILD,
+                "agent runs another build than this stub; `tether status` lists every connection's build"
+            );
+        }
         watch_control(&conn, &agent, &mut control_send, control_recv, state.hub.members.clone()).await;
         state.registry.remove(&agent);
         let reason = conn.close_reason().unwrap_or_default();

@@ -45,10 +45,15 @@ pub struct Hop {
     idle: tokio::sync::Notify,
     /// Requests waiting for an answer, and whether the peer has gone silent.
     pub liveness: Arc<Liveness>,
+    /// The build the other end said it runs (its hello), for the inventory.
+    pub build: String,
+    /// When the connection was welcomed.
+    pub since: std::time::SystemTime,
 }
 
 impl Hop {
-    pub fn new(id: u64, to: HopTo, connection: Connection) -> Hop {
+    /// A hop whose other end runs `build`.
+    pub fn new(id: u64, to: HopTo, connection: Connection, build: impl Into<String>) -> Hop {
         Hop {
             id,
             to,
@@ -59,6 +64,8 @@ impl Hop {
             draining: AtomicBool::new(false),
             idle: tokio::sync::Notify::new(),
             liveness: Arc::default(),
+            build: build.into(),
+            since: std::time::SystemTime::now(),
         }
     }
 

@@ -17,6 +17,7 @@
 //! - [`audit`]: one JSON line per request.
 //! - [`limits`]: requests in flight per user, per cluster and per connection (429 beyond).
 //! - [`metrics`]: what `/metrics` on the admin listener shows.
+//! - [`inventory`]: what `/clusters` on the admin listener shows (and `tether status` prints).
 //! - [`reload`]: the whitelist reloaded on change and on SIGHUP; revoked agents cut off.
 //! - [`unread`]: responses their callers leave unread get a window of their own (within limits),
 //!   so they cannot stall an agent connection for anyone else.
@@ -30,6 +31,7 @@ pub mod forward;
 pub mod front_door;
 pub mod hop;
 pub mod hub_view;
+pub mod inventory;
 pub mod limits;
 pub mod metrics;
 pub mod peer_links;
@@ -211,6 +213,12 @@ impl Stub {
                 readiness: readiness.clone(),
                 not_ready: "not serving (shutting down)\n",
                 ready_detail: Some(Arc::new(move || described.hub.summary(&described.registry).to_string())),
+                clusters: Some({
+                    let state = self.state.clone();
+                    Arc::new(move || {
+                        serde_json::to_string_pretty(&inventory::collect(&state)).expect("the inventory serialises")
+                    })
+                }),
                 metrics: Arc::new(move || {
                     let hub = scraped.hub.summary(&scraped.registry);
                     scraped.metrics.render(&scraped.registry, connections.open(), &hub)

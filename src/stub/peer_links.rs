@@ -66,11 +66,11 @@ pub async fn serve_link(conn: Connection, fingerprint: Option<Fingerprint>, stat
             Ok(Ok(control)) => control,
             _ => return conn.close(AppCode::Timeout, "no control stream"),
         };
-        let replica = match read_frame_within(&mut recv, HELLO_TIMEOUT).await {
+        let (replica, build) = match read_frame_within(&mut recv, HELLO_TIMEOUT).await {
             Ok(PeerControl::Hello { protocol_version, replica, build }) if protocol_version == PROTOCOL_VERSION => {
                 tracing::Span::current().record("replica", replica.as_str());
                 tracing::debug!(%build, ?fingerprint, "peer hello");
-                replica
+                (replica, build)
             }
             Ok(PeerControl::Hello { protocol_version, .. }) => {
                 let reason = format!("peer speaks protocol {protocol_version}, this replica {PROTOCOL_VERSION}");
@@ -88,7 +88,8 @@ pub async fn serve_link(conn: Connection, fingerprint: Option<Fingerprint>, stat
         if write_frame(&mut send, &welcome).await.is_err() {
             return;
         }
-        let link = Arc::new(Hop::new(state.registry.next_id(), HopTo::Peer { replica: replica.clone() }, conn.clone()));
+        let to = HopTo::Peer { replica: replica.clone() };
+        let link = Arc::new(Hop::new(state.registry.next_id(), to, conn.clone(), build));
         if let Some(old) = state.hub.peers.add_link(link.clone()) {
             old.connection.close(AppCode::Duplicate, "replaced by a newer link from the same replica");
         }

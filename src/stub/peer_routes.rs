@@ -95,6 +95,20 @@ impl PeerRoutes {
         self.lock().links.values().cloned().collect()
     }
 
+    /// Each cluster some peer holds, with the replicas that hold it.
+    pub fn holders(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        let table = self.lock();
+        table
+            .clusters
+            .iter()
+            .map(|(cluster, links)| {
+                let mut replicas: Vec<String> = links.iter().map(|l| l.name().to_owned()).collect();
+                replicas.sort();
+                (cluster.clone(), replicas)
+            })
+            .collect()
+    }
+
     /// The clusters some peer holds.
     pub fn clusters(&self) -> BTreeSet<String> {
         self.lock().clusters.keys().cloned().collect()
@@ -131,7 +145,7 @@ mod tests {
     /// A link with no connection behind it: the table needs connection objects, not traffic.
     fn link(id: u64, replica: &str) -> Arc<Hop> {
         let conn = crate::transport::tcp::TcpConnection::detached_for_tests();
-        Arc::new(Hop::new(id, HopTo::Peer { replica: replica.into() }, crate::transport::Connection::Tcp(conn)))
+        Arc::new(Hop::new(id, HopTo::Peer { replica: replica.into() }, crate::transport::Connection::Tcp(conn), "test"))
     }
 
     fn names(routes: &PeerRoutes, cluster: &str) -> Vec<String> {

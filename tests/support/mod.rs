@@ -329,6 +329,19 @@ pub fn spawn_agent_with(pki: &Pki, stub: &StubProc, cluster: &str, name: &str, s
     Proc::spawn(&format!("agent {cluster}/{name}"), &args)
 }
 
+/// A QUIC connection to the stub with the certificate of `cluster/name`, and nothing more:
+/// the test speaks the protocol itself (a hostile agent, or one of another build).
+pub async fn raw_agent_connection(pki: &Pki, stub: &StubProc, cluster: &str, name: &str) -> quinn::Connection {
+    use tether::identity::files;
+    let ca = files::load_certs(&pki.dir.ca_cert()).unwrap();
+    let chain = files::load_certs(&pki.dir.agent_cert(cluster, name)).unwrap();
+    let key = files::load_key(&pki.dir.agent_key(cluster, name)).unwrap();
+    let tls = tether::identity::tls::agent_dialer(&ca, chain, key).unwrap();
+    let config = tether::transport::quic::client_config(tls, &tether::transport::quic::Tuning::default()).unwrap();
+    let endpoint = tether::transport::quic::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.connect_with(config, stub.quic.parse().unwrap(), "localhost").unwrap().await.unwrap()
+}
+
 /// Starts an agent and waits until the stub has welcomed it.
 pub async fn start_agent(pki: &Pki, stub: &StubProc, cluster: &str, name: &str, upstream: &str) -> Proc {
     let mut agent = spawn_agent(pki, stub, cluster, name, upstream, &[]);
