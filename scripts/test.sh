@@ -16,9 +16,9 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
-say "packages for the real-node tests (containerd, runc, CNI plugins, umoci, iptables, busybox) and the hub's load balancers (nftables, haproxy)"
+say "packages for the real-node tests (containerd, runc, CNI plugins, umoci, iptables, busybox), the hub's load balancers (nftables, haproxy) and the agent's egress proxy (tinyproxy)"
 # Debian's, installed once as root; without root those tests print SKIPPED.
-packages=(containerd runc containernetworking-plugins umoci iptables busybox-static jq nftables haproxy)
+packages=(containerd runc containernetworking-plugins umoci iptables busybox-static jq nftables haproxy tinyproxy-bin)
 if [ "$(id -u)" = 0 ]; then
   missing=()
   for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

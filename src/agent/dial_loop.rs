@@ -157,9 +157,14 @@ impl DialLoop {
                     let delay = if failure.busy { self.backoff.next_busy_delay() } else { self.backoff.next_delay() };
                     tracing::warn!(retry_in = ?delay, fingerprint = %certificate.fingerprint, %transport, slot = self.slot, "cannot connect to stub: {failure}");
                     if self.choice.dial_failed() {
-                        tracing::info!(
-                            "QUIC failed {QUIC_FAILURES_BEFORE_TCP} times in a row; trying the TCP fallback"
-                        );
+                        match self.choice.first() {
+                            Transport::Quic => tracing::info!(
+                                "QUIC failed {QUIC_FAILURES_BEFORE_TCP} times in a row; trying the TCP fallback"
+                            ),
+                            Transport::Tcp => tracing::info!(
+                                "TCP through the proxy failed {QUIC_FAILURES_BEFORE_TCP} times in a row; trying QUIC directly"
+                            ),
+                        }
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
@@ -381,9 +386,16 @@ impl DialLoop {
         self.slots.metrics.connections.fetch_add(1, Ordering::Relaxed);
         let span =
             tracing::info_span!("connection", id = session.connection_id, %transport, replica = %session.replica);
-        span.in_scope(
-            || tracing::info!(stub = self.dialer.target(), fingerprint = %certificate.fingerprint, slot = self.slot, "connected to stub"),
-        );
+        let proxy = self.dialer.proxy().filter(|_| transport == Transport::Tcp).map(|p| p.to_string());
+        span.in_scope(|| {
+            tracing::info!(
+                stub = self.dialer.target(),
+                fingerprint = %certificate.fingerprint,
+                slot = self.slot,
+                via_proxy = proxy.as_deref().unwrap_or("no"),
+                "connected to stub"
+            )
+        });
         let stop = CancellationToken::new();
         let slots = self.slots.clone();
         let task = tokio::spawn(

@@ -76,6 +76,8 @@ pub struct AgentConfig {
     pub quic_retry: Duration,
     /// Connections to keep, each to a distinct stub replica (at most the hub's member count).
     pub connections: usize,
+    /// The HTTP proxy the TCP fallback goes through (`--proxy`, `HTTPS_PROXY`), if any.
+    pub proxy: Option<crate::transport::proxy::Proxy>,
 }
 
 /// Runs the agent until `shutdown` completes: loads its certificate, upstream and issuer key,
@@ -88,8 +90,18 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     let tokens = TokenVerifier::load(&config.issuer_pub)?;
     let server_name = config.server_name.clone().unwrap_or_else(|| crate::transport::host_of(&config.stub).to_owned());
     let slots = config.connections.max(1);
+    if let Some(proxy) = &config.proxy {
+        tracing::info!(
+            %proxy,
+            transport = ?config.transport,
+            "TCP dials go through the HTTP proxy (CONNECT); QUIC cannot, so --transport auto starts on TCP"
+        );
+    }
     let dialers = (0..slots)
-        .map(|_| Dialer::new(&config.stub, &server_name, &config.tuning).map(Arc::new))
+        .map(|_| {
+            Dialer::new(&config.stub, &server_name, &config.tuning)
+                .map(|d| Arc::new(d.with_proxy(config.proxy.clone())))
+        })
         .collect::<std::io::Result<Vec<_>>>()
         .context("binding the agent's UDP sockets")?;
     tokio::spawn(rebind_on_sigusr1(dialers.clone()));
@@ -155,7 +167,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
                 dialer: dialer.clone(),
                 new_certificates,
                 backoff: Backoff::new(config.backoff_min, config.backoff_max),
-                choice: TransportChoice::new(config.transport, config.quic_retry),
+                choice: TransportChoice::new(config.transport, config.quic_retry, config.proxy.is_some()),
             };
             tokio::spawn(dial_loop.run(certificate.clone()))
         })

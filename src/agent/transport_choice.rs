@@ -2,7 +2,10 @@
 //! [`QUIC_FAILURES_BEFORE_TCP`] failed QUIC dials in a row, TCP once, and so on while nothing
 //! works; a lost connection starts over with QUIC. While connected over TCP in `auto` mode,
 //! QUIC is tried again every `--quic-retry`, and a QUIC connection that is welcomed takes over
-//! (make before break). Pure: events in, decisions out, so the rules are property-tested.
+//! (make before break). Behind an HTTP proxy (`--proxy`, `HTTPS_PROXY`), the way out is the
+//! proxy, so `auto` starts with TCP through it instead, and turns to QUIC after as many failed
+//! TCP dials; on TCP it still tries QUIC every `--quic-retry`, in case UDP does get out.
+//! Pure: events in, decisions out, so the rules are property-tested.
 
 use std::time::Duration;
 
@@ -26,6 +29,8 @@ pub const QUIC_FAILURES_BEFORE_TCP: u32 = 2;
 #[derive(Debug, Clone)]
 pub struct TransportChoice {
     mode: TransportMode,
+    /// What `auto` dials first, and starts over with: QUIC, or TCP behind a proxy.
+    first: Transport,
     quic_retry: Duration,
     next: Transport,
     quic_failures: u32,
@@ -34,9 +39,20 @@ pub struct TransportChoice {
 }
 
 impl TransportChoice {
-    pub fn new(mode: TransportMode, quic_retry: Duration) -> TransportChoice {
-        let next = if mode == TransportMode::Tcp { Transport::Tcp } else { Transport::Quic };
-        TransportChoice { mode, quic_retry, next, quic_failures: 0, probe_at: None }
+    /// `proxied`: TCP dials go through an HTTP proxy, the way out of this network.
+    pub fn new(mode: TransportMode, quic_retry: Duration, proxied: bool) -> TransportChoice {
+        let first = match mode {
+            TransportMode::Tcp => Transport::Tcp,
+            TransportMode::Quic => Transport::Quic,
+            TransportMode::Auto if proxied => Transport::Tcp,
+            TransportMode::Auto => Transport::Quic,
+        };
+        TransportChoice { mode, first, quic_retry, next: first, quic_failures: 0, probe_at: None }
+    }
+
+    /// What `auto` dials first (QUIC, or TCP behind a proxy).
+    pub fn first(&self) -> Transport {
+        self.first
     }
 
     /// The transport of the next dial.
@@ -44,23 +60,21 @@ impl TransportChoice {
         self.next
     }
 
-    /// The last dial (over [`Self::next`]) failed. True when that moves `auto` mode to TCP.
+    /// The last dial (over [`Self::next`]) failed. True when that moves `auto` mode to the
+    /// other transport (TCP; QUIC behind a proxy).
     pub fn dial_failed(&mut self) -> bool {
         if self.mode != TransportMode::Auto {
             return false;
         }
-        match self.next {
-            Transport::Quic => {
-                self.quic_failures += 1;
-                if self.quic_failures >= QUIC_FAILURES_BEFORE_TCP {
-                    self.next = Transport::Tcp;
-                    return true;
-                }
+        if self.next == self.first {
+            self.quic_failures += 1;
+            if self.quic_failures >= QUIC_FAILURES_BEFORE_TCP {
+                self.next = other(self.first);
+                return true;
             }
-            Transport::Tcp => {
-                self.next = Transport::Quic;
-                self.quic_failures = 0;
-            }
+        } else {
+            self.next = self.first;
+            self.quic_failures = 0;
         }
         false
     }
@@ -72,11 +86,11 @@ impl TransportChoice {
             (self.mode == TransportMode::Auto && transport == Transport::Tcp).then_some(now + self.quic_retry);
     }
 
-    /// The connection was lost: `auto` mode starts over with QUIC.
+    /// The connection was lost: `auto` mode starts over with its first transport.
     pub fn lost(&mut self) {
         self.probe_at = None;
         if self.mode == TransportMode::Auto {
-            self.next = Transport::Quic;
+            self.next = self.first;
             self.quic_failures = 0;
         }
     }
@@ -95,6 +109,13 @@ impl TransportChoice {
 
     pub fn quic_retry(&self) -> Duration {
         self.quic_retry
+    }
+}
+
+fn other(transport: Transport) -> Transport {
+    match transport {
+        Transport::Quic => Transport::Tcp,
+        Transport::Tcp => Transport::Quic,
     }
 }
 
@@ -126,7 +147,7 @@ mod tests {
 
     #[test]
     fn auto_tries_quic_twice_then_tcp_once_while_nothing_works() {
-        let mut choice = TransportChoice::new(TransportMode::Auto, Duration::from_secs(30));
+        let mut choice = TransportChoice::new(TransportMode::Auto, Duration::from_secs(30), false);
         let mut dialled = Vec::new();
         for _ in 0..6 {
             dialled.push(choice.next());
@@ -137,9 +158,27 @@ mod tests {
     }
 
     #[test]
+    fn behind_a_proxy_auto_tries_tcp_first_and_quic_after_two_failures() {
+        let mut choice = TransportChoice::new(TransportMode::Auto, Duration::from_secs(30), true);
+        let mut dialled = Vec::new();
+        for _ in 0..6 {
+            dialled.push(choice.next());
+            choice.dial_failed();
+        }
+        use Transport::{Quic, Tcp};
+        assert_eq!(dialled, [Tcp, Tcp, Quic, Tcp, Tcp, Quic]);
+        // Connected over TCP through the proxy: QUIC is still tried beside it.
+        let t0 = Instant::now();
+        choice.connected(Tcp, t0);
+        assert_eq!(choice.probe_at(), Some(t0 + Duration::from_secs(30)));
+        choice.lost();
+        assert_eq!(choice.next(), Tcp);
+    }
+
+    #[test]
     fn on_tcp_quic_is_tried_again_every_retry_period() {
         let retry = Duration::from_secs(30);
-        let mut choice = TransportChoice::new(TransportMode::Auto, retry);
+        let mut choice = TransportChoice::new(TransportMode::Auto, retry, false);
         let t0 = Instant::now();
         choice.connected(Transport::Tcp, t0);
         assert_eq!(choice.probe_at(), Some(t0 + retry));
@@ -153,10 +192,18 @@ mod tests {
         #[test]
         fn the_rules_hold_for_any_sequence_of_events(
             mode in mode(),
+            proxied in any::<bool>(),
             events in proptest::collection::vec(event(), 0..60),
         ) {
             let retry = Duration::from_secs(30);
-            let mut choice = TransportChoice::new(mode, retry);
+            let mut choice = TransportChoice::new(mode, retry, proxied);
+            // Auto dials QUIC first, TCP first behind a proxy; the fixed modes ignore the proxy.
+            let first = match mode {
+                TransportMode::Auto if proxied => Transport::Tcp,
+                TransportMode::Tcp => Transport::Tcp,
+                _ => Transport::Quic,
+            };
+            prop_assert_eq!(choice.next(), first);
             let start = Instant::now();
             // Transports dialled since the last welcome or loss.
             let mut failing: Vec<Transport> = Vec::new();
@@ -184,7 +231,7 @@ mod tests {
                         choice.lost();
                         prop_assert_eq!(choice.probe_at(), None);
                         if mode == TransportMode::Auto {
-                            prop_assert_eq!(choice.next(), Transport::Quic, "a lost connection starts over with QUIC");
+                            prop_assert_eq!(choice.next(), first, "a lost connection starts over with the first");
                         }
                     }
                     Event::ProbeFailed => {
@@ -197,11 +244,12 @@ mod tests {
                     }
                 }
                 if mode == TransportMode::Auto {
-                    // While failing: never two TCP dials in a row, and never more QUIC ones in a
-                    // row than the limit.
-                    prop_assert!(!failing.windows(2).any(|w| w == [Transport::Tcp, Transport::Tcp]));
-                    let quic_run = failing.iter().rev().take_while(|t| **t == Transport::Quic).count();
-                    prop_assert!(quic_run <= QUIC_FAILURES_BEFORE_TCP as usize);
+                    // While failing: never two dials of the second transport in a row, and never
+                    // more of the first in a row than the limit.
+                    let second = other(first);
+                    prop_assert!(!failing.windows(2).any(|w| w == [second, second]));
+                    let first_run = failing.iter().rev().take_while(|t| **t == first).count();
+                    prop_assert!(first_run <= QUIC_FAILURES_BEFORE_TCP as usize);
                 }
             }
         }

@@ -10,6 +10,7 @@ use super::QuicArgs;
 use crate::agent::upstream::UpstreamSource;
 use crate::agent::{AgentConfig, TransportMode};
 use crate::identity::files::CertDir;
+use crate::transport::proxy::{NoProxy, Proxy};
 use crate::transport::quic::Tuning;
 
 #[derive(Args)]
@@ -89,13 +90,48 @@ pub struct AgentArgs {
     /// losing one replica then costs at most one of them.
     #[arg(long, env = "TETHER_CONNECTIONS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
     connections: u16,
+    /// HTTP proxy for the TCP fallback, http://[USER:PASSWORD@]HOST[:PORT] (default: the
+    /// HTTPS_PROXY variable). With a proxy, --transport auto starts on TCP through it and tries
+    /// QUIC beside it every --quic-retry.
+    #[arg(long, env = "TETHER_PROXY", hide_env_values = true, value_name = "URL")]
+    proxy: Option<String>,
+    /// Stubs to reach without the proxy: comma-separated names (and their subdomains), IP
+    /// addresses, CIDR ranges, or * (default: the NO_PROXY variable).
+    #[arg(long, env = "TETHER_NO_PROXY", value_name = "LIST")]
+    no_proxy: Option<String>,
     #[command(flatten)]
     quic: QuicArgs,
 }
 
 impl AgentArgs {
+    /// The proxy the TCP fallback goes through, from `--proxy` or `HTTPS_PROXY` (`https_proxy`),
+    /// unless `--no-proxy` or `NO_PROXY` (`no_proxy`) lists the stub.
+    fn proxy(&self) -> anyhow::Result<Option<Proxy>> {
+        let from_environment = |names: [&'static str; 2]| {
+            names.into_iter().find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()).map(|v| (name, v)))
+        };
+        let (source, url) = match &self.proxy {
+            Some(url) => ("--proxy", url.clone()),
+            None => match from_environment(["HTTPS_PROXY", "https_proxy"]) {
+                Some(found) => found,
+                None => return Ok(None),
+            },
+        };
+        let proxy = Proxy::parse(&url, source)?;
+        let no_proxy = match &self.no_proxy {
+            Some(list) => list.clone(),
+            None => from_environment(["NO_PROXY", "no_proxy"]).map(|(_, v)| v).unwrap_or_default(),
+        };
+        if NoProxy::parse(&no_proxy).bypasses(&self.stub) {
+            tracing::info!(%proxy, stub = %self.stub, "the stub is listed in NO_PROXY: dialling it directly");
+            return Ok(None);
+        }
+        Ok(Some(proxy))
+    }
+
     /// The agent's configuration from these flags.
     pub fn config(self) -> anyhow::Result<AgentConfig> {
+        let proxy = self.proxy()?;
         let dir = CertDir::new(&self.certs);
         let upstream = match (self.upstream, self.kubeconfig) {
             (Some(url), _) => UpstreamSource::Url { url, ca: self.upstream_ca },
@@ -121,6 +157,7 @@ impl AgentArgs {
             transport: self.transport,
             quic_retry: self.quic_retry,
             connections: usize::from(self.connections),
+            proxy,
         })
     }
 

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::proxy::Proxy;
 use super::quic::{self, Tuning};
 use super::tcp::TcpConnection;
 use super::{Connection, Transport, explain};
@@ -75,6 +76,8 @@ pub struct Dialer {
     /// The name the listener's certificate must carry.
     server_name: String,
     tuning: Tuning,
+    /// The HTTP proxy TCP dials go through (none where `NO_PROXY` bypasses the listener).
+    proxy: Option<Proxy>,
 }
 
 impl Dialer {
@@ -86,7 +89,19 @@ impl Dialer {
             target: target.to_owned(),
             server_name: server_name.to_owned(),
             tuning: tuning.clone(),
+            proxy: None,
         })
+    }
+
+    /// TCP dials go through `proxy` (QUIC ones cannot).
+    pub fn with_proxy(mut self, proxy: Option<Proxy>) -> Dialer {
+        self.proxy = proxy;
+        self
+    }
+
+    /// The proxy TCP dials go through, if any.
+    pub fn proxy(&self) -> Option<&Proxy> {
+        self.proxy.as_ref()
     }
 
     /// Moves new dials to a new UDP socket (a new local port), so that a load balancer that
@@ -148,9 +163,23 @@ impl Dialer {
         }
     }
 
+    /// TLS and HTTP/2 over TCP to `addr`, or, through a proxy, to the listener's name as given
+    /// (the proxy resolves it, and its rules are written for names).
     async fn dial_tcp(&self, tls: &ClientTls, addr: SocketAddr) -> Result<Connection, String> {
-        let tcp =
-            tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("cannot dial {addr} over TCP: {e}"))?;
+        let (tcp, addr) = match &self.proxy {
+            None => {
+                let tcp = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| format!("cannot dial {addr} over TCP: {e}"))?;
+                (tcp, addr)
+            }
+            Some(proxy) => {
+                let tcp = proxy.connect(&self.target, TCP_DIAL_TIMEOUT).await?;
+                // The connection's far end is the proxy; logs and metrics say so.
+                let via = tcp.peer_addr().unwrap_or(addr);
+                (tcp, via)
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let name = rustls::pki_types::ServerName::try_from(self.server_name.clone())
             .map_err(|e| format!("--server-name {:?}: {e}", self.server_name))?;

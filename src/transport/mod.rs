@@ -11,6 +11,7 @@
 //! - [`quic`]: QUIC endpoints and transport tuning (windows, congestion controller, buffers).
 //! - [`tcp`]: the TCP fallback (TLS + HTTP/2) as a [`Connection`].
 //! - [`dial`]: the dialer's side: one connection over the transport asked for.
+//! - [`proxy`]: the TCP fallback's way out through an HTTP proxy (`CONNECT`).
 //! - [`listen`]: the listener's side: QUIC and TCP on one port, handshakes, peer fingerprints.
 //! - [`explain`]: plain words for a connection that was refused or lost.
 //! - [`flow`]: the flow-control windows both transports use.
@@ -24,6 +25,7 @@ pub mod explain;
 pub mod flow;
 pub mod gather;
 pub mod listen;
+pub mod proxy;
 pub mod quic;
 pub mod tcp;
 pub mod udp_batches;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod admin;
+pub mod egress;
 pub mod hub;
 pub mod kube;
 pub mod lb;

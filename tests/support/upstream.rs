@@ -54,7 +54,12 @@ pub struct Upstream {
 impl Upstream {
     /// Plain HTTP.
     pub async fn start() -> Upstream {
-        Upstream::launch(None).await
+        Upstream::launch("127.0.0.1:0", None).await
+    }
+
+    /// Plain HTTP on `addr` (an address of this machine, port 0).
+    pub async fn start_on(addr: &str) -> Upstream {
+        Upstream::launch(addr, None).await
     }
 
     /// HTTPS with this certificate (issued for 127.0.0.1).
@@ -68,11 +73,11 @@ impl Upstream {
             .with_no_client_auth()
             .with_single_cert(vec![cert.der.clone()], key)
             .unwrap();
-        Upstream::launch(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+        Upstream::launch("127.0.0.1:0", Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
     }
 
-    async fn launch(tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    async fn launch(addr: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Seen::default());
         let state = seen.clone();

@@ -1,0 +1,149 @@
+//! A cluster network whose only way out is an HTTP proxy: a network namespace of the test's own
+//! (the agent's side), joined to this machine by a veth pair and nothing else, and a real proxy
+//! (tinyproxy, from Debian's `tinyproxy-bin`) on this machine's end of the pair.
+//!
+//! ```text
+//!   namespace tether-px-N                 this machine
+//!   10.211.N.2 ---------(veth)--------- 10.211.N.1   tinyproxy :PORT, the upstream
+//!   agent                                127.0.0.1    stub (unreachable from the namespace)
+//! ```
+//!
+//! The stub listens on this machine's loopback, which the namespace cannot reach (its
+//! 127.0.0.1 is its own, and it has no route beyond the pair's subnet): the proxy is the only
+//! way from the agent to the stub. Everything goes when the value is dropped: the proxy (by its
+//! PID), the namespace and the pair. Needs root, `ip` and `tinyproxy`; otherwise
+//! [`Egress::start`] says why and returns `None`.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use super::Proc;
+
+/// Why this machine cannot make the proxied network, if it cannot.
+pub fn unavailable() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root (network namespaces need it)".into());
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        return Some("no `ip`".into());
+    }
+    if Command::new("tinyproxy").arg("-v").output().is_err() {
+        return Some("no `tinyproxy` (scripts/test.sh installs tinyproxy-bin as root)".into());
+    }
+    None
+}
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The agent's namespace and its one neighbour, this machine's end of the pair.
+pub struct Egress {
+    pub netns: String,
+    host_veth: String,
+    /// This machine's end of the pair, where the proxy listens: `10.211.N.1`.
+    pub gateway: String,
+    dir: tempfile::TempDir,
+}
+
+/// What the proxy is told.
+#[derive(Debug, Clone, Default)]
+pub struct ProxyRules {
+    /// `BasicAuth USER PASSWORD`: CONNECT needs these credentials.
+    pub credentials: Option<(String, String)>,
+    /// `ConnectPort` lines: CONNECT only to these ports (none: any).
+    pub connect_ports: Vec<u16>,
+}
+
+/// A running tinyproxy.
+pub struct ProxyProc {
+    pub proc: Proc,
+    /// `10.211.N.1:PORT`.
+    pub address: String,
+}
+
+impl Egress {
+    pub fn start() -> Option<Egress> {
+        if let Some(reason) = unavailable() {
+            eprintln!("SKIPPED: cannot make a network whose only way out is a proxy: {reason}");
+            return None;
+        }
+        static NEXT: AtomicU8 = AtomicU8::new(0);
+        let listed = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        let taken = String::from_utf8_lossy(&listed.stdout).into_owned();
+        let index = loop {
+            let n = NEXT.fetch_add(1, Ordering::SeqCst);
+            let index = ((std::process::id() as u8).wrapping_mul(7).wrapping_add(n)) % 250 + 2;
+            if !taken.lines().any(|l| l.split_whitespace().next() == Some(&format!("tether-px-{index}"))) {
+                break index;
+            }
+        };
+        let egress = Egress {
+            netns: format!("tether-px-{index}"),
+            host_veth: format!("tpxh{index}"),
+            gateway: format!("10.211.{index}.1"),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let (ns, host_veth) = (&egress.netns, &egress.host_veth);
+        let inner = format!("tpxn{index}");
+        run(&["ip", "netns", "add", ns]);
+        run(&["ip", "link", "add", host_veth, "type", "veth", "peer", "name", &inner]);
+        run(&["ip", "link", "set", &inner, "netns", ns]);
+        run(&["ip", "addr", "add", &format!("{}/24", egress.gateway), "dev", host_veth]);
+        run(&["ip", "link", "set", host_veth, "up"]);
+        run(&["ip", "-n", ns, "addr", "add", &format!("10.211.{index}.2/24"), "dev", &inner]);
+        run(&["ip", "-n", ns, "link", "set", &inner, "up"]);
+        run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        Some(egress)
+    }
+
+    /// A port free on the gateway address now, for a proxy to listen on (tinyproxy takes no
+    /// port 0).
+    fn free_port(&self) -> u16 {
+        std::net::TcpListener::bind((self.gateway.as_str(), 0)).unwrap().local_addr().unwrap().port()
+    }
+
+    /// Starts tinyproxy on the gateway with `rules` (on `port`, or a free one), and waits until
+    /// it accepts connections.
+    pub async fn proxy(&self, rules: &ProxyRules, port: Option<u16>) -> ProxyProc {
+        let port = port.unwrap_or_else(|| self.free_port());
+        let mut conf = format!(
+            "Port {port}\nListen {gw}\nTimeout 600\nMaxClients 100\nLogLevel Info\nAllow {net}.0/24\nDisableViaHeader Yes\n",
+            gw = self.gateway,
+            net = self.gateway.rsplit_once('.').unwrap().0,
+        );
+        if let Some((user, password)) = &rules.credentials {
+            conf.push_str(&format!("BasicAuth {user} {password}\n"));
+        }
+        for allowed in &rules.connect_ports {
+            conf.push_str(&format!("ConnectPort {allowed}\n"));
+        }
+        let path = self.dir.path().join(format!("tinyproxy-{port}.conf"));
+        std::fs::write(&path, conf).unwrap();
+        let mut proc =
+            Proc::spawn_any("tinyproxy", Command::new("tinyproxy").args(["-d", "-c", path.to_str().unwrap()]));
+        proc.wait_for("Accepting connections").await;
+        ProxyProc { proc, address: format!("{}:{port}", self.gateway) }
+    }
+
+    /// Whether a TCP connection from inside the namespace to `addr` succeeds (within 2 s).
+    pub fn reaches(&self, addr: &str) -> bool {
+        let (host, port) = addr.rsplit_once(':').unwrap();
+        let probe = format!("exec 3<>/dev/tcp/{host}/{port}");
+        Command::new("ip")
+            .args(["netns", "exec", &self.netns, "timeout", "2", "bash", "-c", &probe])
+            .status()
+            .unwrap()
+            .success()
+    }
+}
+
+impl Drop for Egress {
+    fn drop(&mut self) {
+        // The pair goes with the namespace; its host end too.
+        let _ = Command::new("ip").args(["netns", "del", &self.netns]).status();
+        let _ = Command::new("ip").args(["link", "del", &self.host_veth]).output();
+    }
+}
