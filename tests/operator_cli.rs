@@ -221,3 +221,42 @@ async fn json_logs_parse_line_by_line_and_carry_the_request_id_as_a_key_on_both_
         }
     }
 }
+
+#[tokio::test]
+async fn a_short_udp_buffer_grant_is_warned_about_once_with_the_numbers_and_the_sysctl() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: needs root and setpriv (to run a stub with and without CAP_NET_ADMIN)");
+        return;
+    }
+    let pki = support::Pki::new();
+    let certs = pki.path().to_str().unwrap();
+    let stub_args = ["stub", "--certs", certs, "--quic-listen", "127.0.0.1:0", "--https-listen", "127.0.0.1:0"];
+    let warning = "the kernel granted smaller UDP socket buffers than asked for";
+
+    // With CAP_NET_ADMIN the stub asks past the sysctl cap, and gets what it asked for.
+    let mut privileged = support::Proc::spawn("stub", &stub_args);
+    privileged.wait_for("stub listening").await;
+    assert_eq!(privileged.count(warning), 0, "{}", privileged.log());
+
+    // Without it, what the sysctls allow.
+    let cap = |name: &str| -> usize {
+        std::fs::read_to_string(format!("/proc/sys/net/core/{name}")).unwrap().trim().parse().unwrap()
+    };
+    let requested = 8 * 1024 * 1024;
+    let short = cap("rmem_max") < requested || cap("wmem_max") < requested;
+    let mut command = Command::new("setpriv");
+    command.args(["--bounding-set", "-net_admin", "--inh-caps", "-net_admin", tether_bin()]).args(stub_args);
+    let mut unprivileged = support::Proc::spawn_any("stub", &mut command);
+    unprivileged.wait_for("stub listening").await;
+    if short {
+        assert_eq!(unprivileged.count(warning), 1, "once per process:\n{}", unprivileged.log());
+        let line = unprivileged.log().lines().find(|l| l.contains(warning)).unwrap().to_owned();
+        assert!(line.contains("WARN"), "{line}");
+        assert!(line.contains(&format!("net.core.rmem_max={requested} net.core.wmem_max={requested}")), "{line}");
+        let granted = cap("rmem_max").min(requested);
+        assert!(line.contains(&format!("of {requested}")) && line.contains(&granted.to_string()), "{line}");
+    } else {
+        assert_eq!(unprivileged.count(warning), 0, "the sysctls allow 8 MiB:\n{}", unprivileged.log());
+    }
+}

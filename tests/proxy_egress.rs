@@ -12,7 +12,7 @@ use support::egress::{Egress, ProxyRules};
 use support::upstream::Upstream;
 use support::{Pki, Proc, StubProc, call, front_client, tether_bin};
 
-/// An agent of `dev` inside the egress namespace, dialling the stub on this machine's loopback,
+/// An agent of `dev` inside the egress namespace, dialling the stub's agent listener,
 /// with `env` (the proxy variables) and extra arguments.
 fn agent_behind(
     egress: &Egress,
@@ -43,7 +43,7 @@ async fn setup() -> Option<Setup> {
     let egress = Egress::start()?;
     let pki = Pki::new();
     pki.agent("dev", "agent-0");
-    let stub = StubProc::start(&pki).await;
+    let stub = StubProc::start_at(&pki, &format!("{}:0", egress.stub_address), "127.0.0.1:0", &[]).await;
     // The cluster's API server is on the agent's side of the proxy.
     let upstream = Upstream::start_on(&format!("{}:0", egress.gateway)).await;
     // No direct way to the stub: its TCP port is not reachable from the namespace.
@@ -98,7 +98,7 @@ async fn a_proxy_that_refuses_or_wants_other_credentials_is_named_with_its_answe
         &s.pki,
         &s.stub,
         &s.upstream,
-        &[("HTTPS_PROXY", &url), ("NO_PROXY", "localhost,127.0.0.0/8")],
+        &[("HTTPS_PROXY", &url), ("NO_PROXY", "localhost,10.212.0.0/16")],
         &["--transport", "tcp"],
     );
     agent.wait_for("the stub is listed in NO_PROXY").await;

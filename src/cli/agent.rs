@@ -126,6 +126,11 @@ impl AgentArgs {
             tracing::info!(%proxy, stub = %self.stub, "the stub is listed in NO_PROXY: dialling it directly");
             return Ok(None);
         }
+        // As Go's and most tools' proxy rules have it: this machine is never behind a proxy.
+        if crate::transport::proxy::is_loopback(&self.stub) {
+            tracing::info!(%proxy, stub = %self.stub, "the stub is on this machine: dialling it directly, not through the proxy");
+            return Ok(None);
+        }
         Ok(Some(proxy))
     }
 

@@ -8,7 +8,8 @@
 //! `Proxy-Authorization: Basic` and never logged ([`Proxy`]'s `Display` shows `***`). `NO_PROXY`
 //! (or `no_proxy`, or `--no-proxy`) lists stubs to reach directly: `*`, host names (which also
 //! match their subdomains; a leading dot is the same), IP addresses and CIDR ranges, each
-//! optionally with `:PORT`.
+//! optionally with `:PORT`. A stub on this machine (`localhost`, a loopback address) is always
+//! dialled directly ([`is_loopback`]), as Go's and most tools' proxy rules have it.
 //!
 //! The pure parts (the URL, the `NO_PROXY` list, the proxy's answer) are property-tested.
 
@@ -337,6 +338,14 @@ impl NoProxy {
     }
 }
 
+/// Whether `target` (`HOST:PORT`) is this machine: `localhost` (or a name under it) or a
+/// loopback address.
+pub fn is_loopback(target: &str) -> bool {
+    let Some((host, _)) = split_host_port(target) else { return false };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    host == "localhost" || host.ends_with(".localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 fn in_network(ip: IpAddr, network: IpAddr, prefix: u8) -> bool {
     match (ip, network) {
         (IpAddr::V4(ip), IpAddr::V4(net)) => {
@@ -421,6 +430,12 @@ mod tests {
             assert!(!list.bypasses(proxied), "{proxied}");
         }
         assert!(NoProxy::parse("*").bypasses("anything:1"));
+        for here in ["localhost:7443", "LOCALHOST.:1", "a.localhost:1", "127.0.0.1:7443", "127.3.2.1:1", "[::1]:7443"] {
+            assert!(is_loopback(here), "{here}");
+        }
+        for away in ["hub:7443", "localhost.example:1", "10.0.0.1:1", "[fd00::1]:1"] {
+            assert!(!is_loopback(away), "{away}");
+        }
         assert!(!NoProxy::parse("").bypasses("anything:1"));
     }
 

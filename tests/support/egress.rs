@@ -5,13 +5,13 @@
 //! ```text
 //!   namespace tether-px-N                 this machine
 //!   10.211.N.2 ---------(veth)--------- 10.211.N.1   tinyproxy :PORT, the upstream
-//!   agent                                127.0.0.1    stub (unreachable from the namespace)
+//!   agent                                10.212.N.1   stub's agent listener
 //! ```
 //!
-//! The stub listens on this machine's loopback, which the namespace cannot reach (its
-//! 127.0.0.1 is its own, and it has no route beyond the pair's subnet): the proxy is the only
-//! way from the agent to the stub. Everything goes when the value is dropped: the proxy (by its
-//! PID), the namespace and the pair. Needs root, `ip` and `tinyproxy`; otherwise
+//! The stub's agent listener is on a second address of this machine's end of the pair, outside
+//! the pair's subnet, which the namespace has no route to (it has none beyond that subnet): the
+//! proxy is the only way from the agent to the stub. Everything goes when the value is
+//! dropped: the proxy (by its PID), the namespace and the pair with its addresses. Needs root, `ip` and `tinyproxy`; otherwise
 //! [`Egress::start`] says why and returns `None`.
 
 use std::process::Command;
@@ -43,6 +43,8 @@ fn run(args: &[&str]) {
 pub struct Egress {
     pub netns: String,
     host_veth: String,
+    /// Where the stub's agent listener goes: `10.212.N.1`, reachable only through the proxy.
+    pub stub_address: String,
     /// This machine's end of the pair, where the proxy listens: `10.211.N.1`.
     pub gateway: String,
     dir: tempfile::TempDir,
@@ -83,6 +85,7 @@ impl Egress {
         let egress = Egress {
             netns: format!("tether-px-{index}"),
             host_veth: format!("tpxh{index}"),
+            stub_address: format!("10.212.{index}.1"),
             gateway: format!("10.211.{index}.1"),
             dir: tempfile::tempdir().unwrap(),
         };
@@ -96,6 +99,9 @@ impl Egress {
         run(&["ip", "-n", ns, "addr", "add", &format!("10.211.{index}.2/24"), "dev", &inner]);
         run(&["ip", "-n", ns, "link", "set", &inner, "up"]);
         run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        // The stub's address sits on this machine's end of the pair, outside the pair's
+        // subnet: the namespace has no route to it.
+        run(&["ip", "addr", "add", &format!("{}/32", egress.stub_address), "dev", host_veth]);
         Some(egress)
     }
 

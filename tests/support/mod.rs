@@ -141,6 +141,13 @@ impl Proc {
     }
 
     fn spawn_command(name: &str, command: &mut Command) -> Proc {
+        // A proxy of the machine running the tests (CI's, say) must not carry the agents' TCP
+        // dials to a stub on loopback; tests of the proxy set these on the command themselves.
+        for variable in ["HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"] {
+            if !command.get_envs().any(|(key, _)| key == variable) {
+                command.env_remove(variable);
+            }
+        }
         let mut child = command
             .env("TETHER_LOG", std::env::var("TETHER_TEST_LOG").unwrap_or_else(|_| "info,tether=debug".into()))
             .stdin(Stdio::null())
