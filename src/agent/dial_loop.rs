@@ -2,11 +2,12 @@
 //! welcomed session, and when it is lost dial again with capped backoff. The slots want K
 //! distinct stub replicas ([`Replicas`]): a connection welcomed by a replica another slot holds
 //! is closed and dialled again from a fresh UDP socket, and slots beyond the hub's member count
-//! wait until it grows. While a session serves, two things may take over from it make before
-//! break (a second connection is dialled and welcomed before the first drains): new
-//! certificate files ([`Handover`]), and QUIC again after the TCP fallback
-//! ([`TransportChoice`]). Readiness (any slot connected) and the connection metrics follow the
-//! sessions in use.
+//! wait until it grows. Each dial in `--transport auto` races QUIC and TCP ([`TransportChoice`]).
+//! While a session serves, three things may take over from it make before break (a second
+//! connection is dialled and welcomed before the first drains): new certificate files
+//! ([`Handover`]), QUIC again after the TCP fallback, and TCP beside a QUIC connection whose
+//! echoes go unanswered ([`Echoes`]). Readiness (any slot connected) and the connection metrics
+//! follow the sessions in use.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,11 +26,13 @@ use super::handover::Handover;
 use super::metrics::AgentMetrics;
 use super::replicas::{Claim, Replicas, share_to_move};
 use super::session::{self, Session, SessionEnd};
-use super::transport_choice::{QUIC_FAILURES_BEFORE_TCP, TransportChoice};
+use super::transport_choice::{HEAD_START, Plan, Reason, TransportChoice, other};
 use crate::admin::Readiness;
 use crate::backoff::Backoff;
-use crate::transport::Transport;
+use crate::liveness::{Silence, Verdict};
 use crate::transport::dial::{DialFailure, Dialer};
+use crate::transport::echo::Echoes;
+use crate::transport::{Connection, Transport};
 use crate::wire::codes::AppCode;
 
 /// A connection that lasted this long was healthy: the next failure starts backoff afresh.
@@ -124,6 +127,28 @@ struct Serving {
     task: JoinHandle<SessionEnd>,
     stop: CancellationToken,
     transport: Transport,
+    connection: Connection,
+    connection_id: u64,
+    /// Why it uses its transport.
+    reason: Reason,
+    /// The stub's answers to this side's echoes (QUIC), see [`crate::transport::echo`].
+    echoes: Option<Arc<Echoes>>,
+    /// Whether an echo has gone out on it yet (the first asks whether the stub answers any).
+    asked_once: bool,
+}
+
+impl Serving {
+    /// Echo answers so far (zero over TCP).
+    fn answered(&self) -> u64 {
+        self.echoes.as_ref().map_or(0, |e| e.answered())
+    }
+
+    fn ask_echo(&mut self) {
+        if let Some(echoes) = &self.echoes {
+            echoes.ask(&self.connection);
+            self.asked_once = true;
+        }
+    }
 }
 
 impl DialLoop {
@@ -144,28 +169,22 @@ impl DialLoop {
                 }
                 continue;
             }
-            let transport = self.choice.next();
+            let plan = self.choice.plan();
             let dialled = tokio::select! {
-                dialled = self.connect(&certificate, transport, attempt) => dialled,
+                dialled = self.dial(&certificate, plan, attempt) => dialled,
                 _ = cancel.cancelled() => break,
             };
             attempt += 1;
-            let (session, address) = match dialled {
+            let (session, address, reason) = match dialled {
                 Ok(dialled) => dialled,
                 Err(failure) => {
                     // A stub too busy to take the dial gets more room (see `backoff`).
                     let delay = if failure.busy { self.backoff.next_busy_delay() } else { self.backoff.next_delay() };
+                    let transport = match plan {
+                        Plan::Only(transport) => transport.to_string(),
+                        Plan::Race { first } => format!("{first} and {}", other(first)),
+                    };
                     tracing::warn!(retry_in = ?delay, fingerprint = %certificate.fingerprint, %transport, slot = self.slot, "cannot connect to stub: {failure}");
-                    if self.choice.dial_failed() {
-                        match self.choice.first() {
-                            Transport::Quic => tracing::info!(
-                                "QUIC failed {QUIC_FAILURES_BEFORE_TCP} times in a row; trying the TCP fallback"
-                            ),
-                            Transport::Tcp => tracing::info!(
-                                "TCP through the proxy failed {QUIC_FAILURES_BEFORE_TCP} times in a row; trying QUIC directly"
-                            ),
-                        }
-                    }
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         // New certificate files: try them at once.
@@ -198,7 +217,7 @@ impl DialLoop {
             }
             duplicates.reset();
             let started = Instant::now();
-            let lost = self.serve(session, &mut certificate, &retiring).await;
+            let lost = self.serve(session, reason, &mut certificate, &retiring).await;
             self.slots.replicas().release(self.slot);
             let Some(reason) = lost else { break };
             if started.elapsed() >= HEALTHY_RUN {
@@ -218,6 +237,71 @@ impl DialLoop {
         let _ = tokio::time::timeout(self.slots.grace, retiring.wait()).await;
     }
 
+    /// One connection as `plan` says: one transport, or a race of both (see
+    /// [`super::transport_choice`]); with why it uses its transport.
+    async fn dial(
+        &self,
+        certificate: &AgentCertificate,
+        plan: Plan,
+        attempt: usize,
+    ) -> Result<(Session, SocketAddr, Reason), DialFailure> {
+        match plan {
+            Plan::Only(transport) => {
+                let (session, address) = self.connect(certificate, transport, attempt).await?;
+                Ok((session, address, Reason::Only))
+            }
+            Plan::Race { first } => self.race(certificate, first, attempt).await,
+        }
+    }
+
+    /// `first`, and the other transport [`HEAD_START`] later unless `first` was welcomed by
+    /// then; the first welcomed wins (`first` if both are at once) and the other is closed, so
+    /// that the stub never routes to a connection nobody serves. Fails when both fail.
+    async fn race(
+        &self,
+        certificate: &AgentCertificate,
+        first: Transport,
+        attempt: usize,
+    ) -> Result<(Session, SocketAddr, Reason), DialFailure> {
+        let second = other(first);
+        let (first_conn, second_conn) = (Mutex::new(None), Mutex::new(None));
+        let a = self.connect_noting(certificate, first, attempt, &first_conn);
+        let b = async {
+            tokio::time::sleep(HEAD_START).await;
+            self.connect_noting(certificate, second, attempt, &second_conn).await
+        };
+        tokio::pin!(a, b);
+        let (mut a_failed, mut b_failed): (Option<DialFailure>, Option<DialFailure>) = (None, None);
+        let (winner, reason) = loop {
+            tokio::select! {
+                biased;
+                done = &mut a, if a_failed.is_none() => match done {
+                    Ok(won) => break (won, Reason::Preferred),
+                    Err(failure) => {
+                        // Nothing to wait for: the other starts at once if it has not.
+                        tracing::debug!(transport = %first, "{failure}");
+                        a_failed = Some(failure);
+                    }
+                },
+                done = &mut b, if b_failed.is_none() => match done {
+                    Ok(won) => break (won, Reason::Raced),
+                    Err(failure) => {
+                        tracing::debug!(transport = %second, "{failure}");
+                        b_failed = Some(failure);
+                    }
+                },
+            }
+            if let (Some(a), Some(b)) = (&a_failed, &b_failed) {
+                return Err(DialFailure { words: format!("{first}: {a}; {second}: {b}"), busy: a.busy || b.busy });
+            }
+        };
+        let loser = if reason == Reason::Preferred { &second_conn } else { &first_conn };
+        if let Some(conn) = loser.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            conn.close(AppCode::Normal, "the other transport was welcomed first");
+        }
+        Ok((winner.0, winner.1, reason))
+    }
+
     /// Dials (an address no other slot's connection goes to, if the name has several) and
     /// waits for the welcome.
     async fn connect(
@@ -226,9 +310,22 @@ impl DialLoop {
         transport: Transport,
         attempt: usize,
     ) -> Result<(Session, SocketAddr), DialFailure> {
+        self.connect_noting(certificate, transport, attempt, &Mutex::new(None)).await
+    }
+
+    /// [`Self::connect`], leaving the connection in `dialled` as soon as it is made (before the
+    /// welcome), so that a race's loser can be closed.
+    async fn connect_noting(
+        &self,
+        certificate: &AgentCertificate,
+        transport: Transport,
+        attempt: usize,
+        dialled: &Mutex<Option<Connection>>,
+    ) -> Result<(Session, SocketAddr), DialFailure> {
         let addresses = self.dialer.resolve().await?;
         let address = self.slots.replicas().prefer(self.slot, &addresses, attempt).unwrap_or(addresses[0]);
         let conn = self.dialer.dial_to(address, &certificate.tls, transport).await?;
+        *dialled.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
         let session = session::establish(conn, &self.slots.cluster, &self.slots.name).await?;
         Ok((session, address))
     }
@@ -239,11 +336,21 @@ impl DialLoop {
     async fn serve(
         &mut self,
         session: Session,
+        reason: Reason,
         certificate: &mut AgentCertificate,
         retiring: &TaskTracker,
     ) -> Option<String> {
         let cancel = self.slots.cancel.clone();
-        let mut serving = self.start(session, certificate);
+        let mut serving = self.start(session, certificate, reason);
+        // The QUIC connection in use is watched: UDP that stops getting through (a middlebox, a
+        // NAT that lost its mapping, one way or both) shows as the stub no longer answering the
+        // agent's echoes, long before the idle timeout, and TCP is dialled beside it then (make
+        // before break). See `unanswered`.
+        let mut silence = Silence::new(serving.answered(), tokio::time::Instant::now());
+        let mut look = tokio::time::interval(crate::liveness::TICK);
+        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tcp_tried_in_this_silence = false;
+        let mut activity = Activity::default();
         let mut handover = Handover::default();
         let mut members = self.slots.members.subscribe();
         let mut known: Vec<String> = members.borrow_and_update().clone();
@@ -255,7 +362,36 @@ impl DialLoop {
             let probe_at = self.choice.probe_at().filter(|_| !handover.is_waiting());
             let mut probe = false;
             let mut rebalance = false;
+            let mut standby = false;
+            let watch_silence = serving.transport == Transport::Quic && self.choice.quic_went_silent();
             tokio::select! {
+                _ = look.tick(), if watch_silence => {
+                    let now = tokio::time::Instant::now();
+                    let busy = activity.busy(&self.slots.metrics, now);
+                    let answering = serving.echoes.as_ref().is_some_and(|e| e.answering());
+                    if !busy || !answering {
+                        // Nothing to watch: the clock starts when requests do. The first echo
+                        // asks whether this stub answers echoes at all.
+                        silence = Silence::new(serving.answered(), now);
+                        if !answering && !serving.asked_once {
+                            serving.ask_echo();
+                        }
+                        continue;
+                    }
+                    match silence.observe(serving.answered(), now, serving.connection.rtt()) {
+                        Verdict::Heard => tcp_tried_in_this_silence = false,
+                        Verdict::Quiet => {}
+                        Verdict::Probe => serving.ask_echo(),
+                        Verdict::Suspect if !tcp_tried_in_this_silence && !handover.is_waiting() => {
+                            tcp_tried_in_this_silence = true;
+                            standby = true;
+                        }
+                        Verdict::Suspect => {}
+                    }
+                    if !standby {
+                        continue;
+                    }
+                }
                 changed = members.changed() => {
                     if changed.is_ok() {
                         let now = members.borrow_and_update().clone();
@@ -289,16 +425,28 @@ impl DialLoop {
             let now = tokio::time::Instant::now();
             if rebalance && let Some((_, to)) = rebalance_at.take() {
                 if let Some(next) = self.rebalance(certificate, serving.transport, &to).await {
-                    let old = std::mem::replace(&mut serving, self.start(next, certificate));
+                    // The same transport, for the same reason, on another replica.
+                    let reason = serving.reason;
+                    let old = std::mem::replace(&mut serving, self.start(next, certificate, reason));
                     old.stop.cancel();
                     self.stopped_one();
                     retiring.spawn(old.task);
+                    silence = Silence::new(serving.answered(), tokio::time::Instant::now());
                 }
                 continue;
             }
-            // Make before break: new certificate files, or QUIC again after the TCP fallback.
+            // Make before break: new certificate files, QUIC again after the TCP fallback, or
+            // TCP beside a QUIC connection gone silent.
             let (candidate, transport) = match handover.take_due(now) {
                 Some(new) => (new, serving.transport),
+                None if standby => {
+                    tracing::warn!(
+                        connection = serving.connection_id,
+                        silent_for = ?silence.quiet(now),
+                        "the QUIC connection has gone silent: dialling TCP beside it"
+                    );
+                    (certificate.clone(), Transport::Tcp)
+                }
                 None if probe => (certificate.clone(), Transport::Quic),
                 None => continue,
             };
@@ -308,22 +456,35 @@ impl DialLoop {
             };
             match dialled {
                 Ok((next, address)) => {
-                    if probe {
+                    let reason = if standby {
+                        tracing::info!(
+                            connection = next.connection_id,
+                            "TCP welcomed while QUIC is silent: moving to it; draining the QUIC connection"
+                        );
+                        Reason::QuicSilent
+                    } else if probe {
                         tracing::info!(
                             connection = next.connection_id,
                             "QUIC works again: moving off the TCP fallback; draining the TCP connection"
                         );
+                        Reason::QuicBack
                     } else {
                         tracing::info!(connection = next.connection_id, from = %certificate.fingerprint, to = %candidate.fingerprint, "certificate rotated: new connection welcomed; draining the old one");
-                    }
+                        reason
+                    };
                     // The new connection may have landed on another replica: it is this slot's now.
                     self.slots.replicas().release(self.slot);
                     self.slots.replicas().claim(self.slot, &next.replica, address, count(&next.members));
                     *certificate = candidate;
-                    let old = std::mem::replace(&mut serving, self.start(next, certificate));
+                    let old = std::mem::replace(&mut serving, self.start(next, certificate, reason));
+                    silence = Silence::new(serving.answered(), tokio::time::Instant::now());
+                    tcp_tried_in_this_silence = false;
                     old.stop.cancel();
                     self.stopped_one();
                     retiring.spawn(old.task);
+                }
+                Err(reason) if standby => {
+                    tracing::warn!("no TCP connection beside the silent QUIC one: {reason}");
                 }
                 Err(reason) if probe => {
                     tracing::debug!(retry_in = ?self.choice.quic_retry(), "QUIC still does not work: {reason}");
@@ -376,8 +537,10 @@ impl DialLoop {
 
     /// Starts serving a welcomed session on its own task, in a span of its own, and counts it
     /// in readiness and metrics.
-    fn start(&mut self, session: Session, certificate: &AgentCertificate) -> Serving {
+    fn start(&mut self, session: Session, certificate: &AgentCertificate, reason: Reason) -> Serving {
         let transport = session.transport();
+        let (connection, connection_id) = (session.connection().clone(), session.connection_id);
+        self.slots.metrics.chosen(transport, reason);
         self.choice.connected(transport, tokio::time::Instant::now());
         // Ready before the log line says so: whoever reads the line may probe at once.
         self.slots.serving.fetch_add(1, Ordering::SeqCst);
@@ -393,6 +556,7 @@ impl DialLoop {
                 fingerprint = %certificate.fingerprint,
                 slot = self.slot,
                 via_proxy = proxy.as_deref().unwrap_or("no"),
+                why = reason.as_str(),
                 "connected to stub"
             )
         });
@@ -409,7 +573,8 @@ impl DialLoop {
             )
             .instrument(span),
         );
-        Serving { task, stop, transport }
+        let echoes = Echoes::start(&connection);
+        Serving { task, stop, transport, connection, connection_id, reason, echoes, asked_once: false }
     }
 
     /// A session of this slot stopped serving (lost, or replaced): not ready once none serves.
@@ -417,6 +582,32 @@ impl DialLoop {
         if self.slots.serving.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.slots.readiness.set(false);
         }
+    }
+}
+
+/// Whether the agent has been serving requests lately: the echo watch runs only then, so that
+/// thousands of idle agents send the hub nothing beyond quinn's keep-alives. "Lately", because
+/// when UDP stops getting through, new requests stop reaching the agent too (the stub's
+/// congestion window fills with what is never acknowledged): requests in flight now are no
+/// sign of a working connection, nor their absence of an idle one.
+#[derive(Debug, Default)]
+struct Activity {
+    /// Streams started as last seen, and when a stream last started or was in flight.
+    started: u64,
+    last: Option<tokio::time::Instant>,
+}
+
+/// How long after its last request an agent still watches its QUIC connection.
+const ACTIVE_WINDOW: Duration = Duration::from_secs(3);
+
+impl Activity {
+    fn busy(&mut self, metrics: &AgentMetrics, now: tokio::time::Instant) -> bool {
+        let started = metrics.streams_started.load(Ordering::Relaxed);
+        if started != self.started || metrics.in_flight.load(Ordering::Relaxed) > 0 {
+            self.started = started;
+            self.last = Some(now);
+        }
+        self.last.is_some_and(|last| now.saturating_duration_since(last) < ACTIVE_WINDOW)
     }
 }
 

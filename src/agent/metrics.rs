@@ -1,6 +1,6 @@
 //! The agent's metrics, served at `/metrics` on its admin listener: whether it is connected (and
 //! to which stub replicas, over which transport), requests by status code, the API server's time
-//! to answer, requests in flight, connections made, and each QUIC connection's path as quinn
+//! to answer, requests in flight, connections made (and why over their transport), and each QUIC connection's path as quinn
 //! measures it.
 
 use std::collections::BTreeMap;
@@ -17,7 +17,11 @@ pub struct AgentMetrics {
     /// From sending a request to the API server to its response head.
     pub upstream: HistogramVec,
     pub in_flight: AtomicI64,
+    /// Request streams started since start (activity, for the echo watch).
+    pub streams_started: AtomicU64,
     pub connections: AtomicU64,
+    /// transport, why: connections welcomed, by transport and why it was that one.
+    pub chosen: CounterVec,
     /// Per slot, the connection in use (the newest, while an old one drains) and the stub
     /// replica it goes to.
     pub connections_in_use: Mutex<BTreeMap<usize, (String, Connection)>>,
@@ -29,7 +33,9 @@ impl Default for AgentMetrics {
             requests: CounterVec::new(&["code"]),
             upstream: HistogramVec::new(&[], DURATION_BUCKETS),
             in_flight: AtomicI64::new(0),
+            streams_started: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            chosen: CounterVec::new(&["transport", "why"]),
             connections_in_use: Mutex::new(BTreeMap::new()),
         }
     }
@@ -41,6 +47,7 @@ pub struct InFlight(std::sync::Arc<AgentMetrics>);
 impl InFlight {
     pub fn new(metrics: std::sync::Arc<AgentMetrics>) -> InFlight {
         metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        metrics.streams_started.fetch_add(1, Ordering::Relaxed);
         InFlight(metrics)
     }
 }
@@ -52,6 +59,11 @@ impl Drop for InFlight {
 }
 
 impl AgentMetrics {
+    /// A connection over `transport` was welcomed and serves, for `reason`.
+    pub fn chosen(&self, transport: crate::transport::Transport, reason: super::transport_choice::Reason) {
+        self.chosen.inc(&[&transport.to_string(), reason.label()]);
+    }
+
     /// The connection slot `slot` uses now, and its replica (`None` while disconnected).
     pub fn set_connection(&self, slot: usize, connection: Option<(String, Connection)>) {
         let mut in_use = self.connections_in_use.lock().unwrap_or_else(|e| e.into_inner());
@@ -79,6 +91,11 @@ impl AgentMetrics {
         }
         text.family("tether_agent_connections_total", "counter", "Connections to the stub welcomed since start.");
         text.sample("tether_agent_connections_total", &[], self.connections.load(Ordering::Relaxed) as f64);
+        self.chosen.render(
+            &mut text,
+            "tether_agent_transport_chosen_total",
+            "Connections welcomed, by transport and why that one: only (--transport quic|tcp), preferred (started first in the race and won), raced (started second and won), quic-back (QUIC took over from TCP), quic-silent (TCP took over from a silent QUIC connection).",
+        );
         text.family("tether_agent_streams_in_flight", "gauge", "Request streams being served.");
         text.sample("tether_agent_streams_in_flight", &[], self.in_flight.load(Ordering::Relaxed) as f64);
         self.requests.render(&mut text, "tether_agent_requests_total", "Requests answered, by status code.");

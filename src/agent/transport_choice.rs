@@ -1,11 +1,17 @@
-//! Which transport the agent dials next: with `--transport auto`, QUIC first; after
-//! [`QUIC_FAILURES_BEFORE_TCP`] failed QUIC dials in a row, TCP once, and so on while nothing
-//! works; a lost connection starts over with QUIC. While connected over TCP in `auto` mode,
-//! QUIC is tried again every `--quic-retry`, and a QUIC connection that is welcomed takes over
-//! (make before break). Behind an HTTP proxy (`--proxy`, `HTTPS_PROXY`), the way out is the
-//! proxy, so `auto` starts with TCP through it instead, and turns to QUIC after as many failed
-//! TCP dials; on TCP it still tries QUIC every `--quic-retry`, in case UDP does get out.
-//! Pure: events in, decisions out, so the rules are property-tested.
+//! Which transport the agent dials, and when it moves. Pure: events in, decisions out, so the
+//! rules are property-tested.
+//!
+//! With `--transport auto` every dial is a **race**, the way browsers race IPv6 and IPv4: the
+//! preferred transport starts, the other starts [`HEAD_START`] later if the first has not been
+//! welcomed by then, and the first to be welcomed serves (QUIC if both are at once). A network
+//! that blocks UDP therefore costs a quarter of a second, not two handshake timeouts. The
+//! preferred transport is QUIC, unless the last connection that worked was TCP (UDP is probably
+//! still blocked: TCP starts first and QUIC follows) or TCP goes through an HTTP proxy (the way
+//! out of this network). While connected over TCP, QUIC is tried again beside it every
+//! `--quic-retry`, and a QUIC connection that is welcomed takes over (make before break); so
+//! does a TCP connection when a QUIC one goes silent ([`TransportChoice::quic_went_silent`]).
+//!
+//! `--transport quic` and `--transport tcp` dial only that transport.
 
 use std::time::Duration;
 
@@ -16,24 +22,75 @@ use crate::transport::Transport;
 /// Which transports the agent may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TransportMode {
-    /// QUIC; after repeated failures TLS over TCP, and back to QUIC as soon as it works again.
+    /// Both, raced; QUIC preferred, and returned to as soon as it works again.
     Auto,
     Quic,
     Tcp,
 }
 
-/// In `auto` mode, QUIC dials that fail in a row before the next dial is over TCP.
-pub const QUIC_FAILURES_BEFORE_TCP: u32 = 2;
+/// How long the preferred transport of a race has before the other starts too (Happy
+/// Eyeballs' connection attempt delay).
+pub const HEAD_START: Duration = Duration::from_millis(250);
+
+/// Why a connection uses its transport: the agent's log and metrics say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// `--transport quic` or `--transport tcp`: the only one allowed.
+    Only,
+    /// Won the race, having started first.
+    Preferred,
+    /// Won the race, having started [`HEAD_START`] after the other, which had not been
+    /// welcomed by then.
+    Raced,
+    /// QUIC worked again while on TCP and took over.
+    QuicBack,
+    /// The QUIC connection went silent (UDP stopped getting through); TCP took over before it
+    /// was declared dead.
+    QuicSilent,
+}
+
+impl Reason {
+    /// For logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Only => "the only transport allowed",
+            Reason::Preferred => "preferred, and welcomed first",
+            Reason::Raced => "the preferred one was not welcomed in time",
+            Reason::QuicBack => "QUIC works again",
+            Reason::QuicSilent => "the QUIC connection went silent",
+        }
+    }
+
+    /// Short, for metric labels.
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::Only => "only",
+            Reason::Preferred => "preferred",
+            Reason::Raced => "raced",
+            Reason::QuicBack => "quic-back",
+            Reason::QuicSilent => "quic-silent",
+        }
+    }
+}
+
+/// How the next dial goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// One transport.
+    Only(Transport),
+    /// `first`, then the other after [`HEAD_START`] unless `first` was welcomed.
+    Race { first: Transport },
+}
 
 /// The state of the choice.
 #[derive(Debug, Clone)]
 pub struct TransportChoice {
     mode: TransportMode,
-    /// What `auto` dials first, and starts over with: QUIC, or TCP behind a proxy.
-    first: Transport,
+    /// TCP dials go through an HTTP proxy.
+    proxied: bool,
     quic_retry: Duration,
-    next: Transport,
-    quic_failures: u32,
+    /// The transport of the last connection welcomed (auto mode's memory).
+    worked: Option<Transport>,
     /// While connected over TCP in `auto` mode: when to try QUIC again.
     probe_at: Option<Instant>,
 }
@@ -41,61 +98,38 @@ pub struct TransportChoice {
 impl TransportChoice {
     /// `proxied`: TCP dials go through an HTTP proxy, the way out of this network.
     pub fn new(mode: TransportMode, quic_retry: Duration, proxied: bool) -> TransportChoice {
-        let first = match mode {
-            TransportMode::Tcp => Transport::Tcp,
-            TransportMode::Quic => Transport::Quic,
-            TransportMode::Auto if proxied => Transport::Tcp,
-            TransportMode::Auto => Transport::Quic,
-        };
-        TransportChoice { mode, first, quic_retry, next: first, quic_failures: 0, probe_at: None }
+        TransportChoice { mode, proxied, quic_retry, worked: None, probe_at: None }
     }
 
-    /// What `auto` dials first (QUIC, or TCP behind a proxy).
-    pub fn first(&self) -> Transport {
-        self.first
-    }
-
-    /// The transport of the next dial.
-    pub fn next(&self) -> Transport {
-        self.next
-    }
-
-    /// The last dial (over [`Self::next`]) failed. True when that moves `auto` mode to the
-    /// other transport (TCP; QUIC behind a proxy).
-    pub fn dial_failed(&mut self) -> bool {
-        if self.mode != TransportMode::Auto {
-            return false;
+    /// How to dial next.
+    pub fn plan(&self) -> Plan {
+        match self.mode {
+            TransportMode::Quic => Plan::Only(Transport::Quic),
+            TransportMode::Tcp => Plan::Only(Transport::Tcp),
+            TransportMode::Auto => Plan::Race { first: self.preferred() },
         }
-        if self.next == self.first {
-            self.quic_failures += 1;
-            if self.quic_failures >= QUIC_FAILURES_BEFORE_TCP {
-                self.next = other(self.first);
-                return true;
-            }
-        } else {
-            self.next = self.first;
-            self.quic_failures = 0;
-        }
-        false
+    }
+
+    /// What a race starts with: TCP behind a proxy or after TCP was what worked last, else QUIC.
+    fn preferred(&self) -> Transport {
+        if self.proxied || self.worked == Some(Transport::Tcp) { Transport::Tcp } else { Transport::Quic }
     }
 
     /// A connection over `transport` was welcomed at `now` (a first one, or one that took over).
     pub fn connected(&mut self, transport: Transport, now: Instant) {
-        self.quic_failures = 0;
-        self.probe_at =
-            (self.mode == TransportMode::Auto && transport == Transport::Tcp).then_some(now + self.quic_retry);
+        let auto = self.mode == TransportMode::Auto;
+        if auto {
+            self.worked = Some(transport);
+        }
+        self.probe_at = (auto && transport == Transport::Tcp).then_some(now + self.quic_retry);
     }
 
-    /// The connection was lost: `auto` mode starts over with its first transport.
+    /// The connection was lost. What worked is remembered for the next race.
     pub fn lost(&mut self) {
         self.probe_at = None;
-        if self.mode == TransportMode::Auto {
-            self.next = self.first;
-            self.quic_failures = 0;
-        }
     }
 
-    /// When to try QUIC beside the connection in use; `None` when not on the TCP fallback.
+    /// When to try QUIC beside the connection in use; `None` when not on TCP in `auto` mode.
     pub fn probe_at(&self) -> Option<Instant> {
         self.probe_at
     }
@@ -107,12 +141,19 @@ impl TransportChoice {
         }
     }
 
+    /// The QUIC connection in use has been silent long enough to be suspect: whether to dial
+    /// TCP beside it now (auto mode only; a fixed mode waits for QUIC to come back or die).
+    pub fn quic_went_silent(&self) -> bool {
+        self.mode == TransportMode::Auto
+    }
+
     pub fn quic_retry(&self) -> Duration {
         self.quic_retry
     }
 }
 
-fn other(transport: Transport) -> Transport {
+/// The transport a race starts second.
+pub fn other(transport: Transport) -> Transport {
     match transport {
         Transport::Quic => Transport::Tcp,
         Transport::Tcp => Transport::Quic,
@@ -126,18 +167,17 @@ mod tests {
 
     #[derive(Debug, Clone, Copy)]
     enum Event {
-        DialFailed,
-        Connected,
+        Connected(Transport),
         Lost,
         ProbeFailed,
     }
 
     fn event() -> impl Strategy<Value = Event> {
         prop_oneof![
-            3 => Just(Event::DialFailed),
-            1 => Just(Event::Connected),
-            1 => Just(Event::Lost),
-            1 => Just(Event::ProbeFailed),
+            Just(Event::Connected(Transport::Quic)),
+            Just(Event::Connected(Transport::Tcp)),
+            Just(Event::Lost),
+            Just(Event::ProbeFailed),
         ]
     }
 
@@ -146,33 +186,28 @@ mod tests {
     }
 
     #[test]
-    fn auto_tries_quic_twice_then_tcp_once_while_nothing_works() {
+    fn auto_races_quic_first_then_remembers_that_tcp_worked() {
         let mut choice = TransportChoice::new(TransportMode::Auto, Duration::from_secs(30), false);
-        let mut dialled = Vec::new();
-        for _ in 0..6 {
-            dialled.push(choice.next());
-            choice.dial_failed();
-        }
-        use Transport::{Quic, Tcp};
-        assert_eq!(dialled, [Quic, Quic, Tcp, Quic, Quic, Tcp]);
+        assert_eq!(choice.plan(), Plan::Race { first: Transport::Quic });
+        let t0 = Instant::now();
+        choice.connected(Transport::Tcp, t0);
+        choice.lost();
+        assert_eq!(choice.plan(), Plan::Race { first: Transport::Tcp }, "UDP was blocked last time");
+        choice.connected(Transport::Quic, t0);
+        choice.lost();
+        assert_eq!(choice.plan(), Plan::Race { first: Transport::Quic });
     }
 
     #[test]
-    fn behind_a_proxy_auto_tries_tcp_first_and_quic_after_two_failures() {
+    fn behind_a_proxy_auto_races_tcp_first_and_still_tries_quic_beside_it() {
         let mut choice = TransportChoice::new(TransportMode::Auto, Duration::from_secs(30), true);
-        let mut dialled = Vec::new();
-        for _ in 0..6 {
-            dialled.push(choice.next());
-            choice.dial_failed();
-        }
-        use Transport::{Quic, Tcp};
-        assert_eq!(dialled, [Tcp, Tcp, Quic, Tcp, Tcp, Quic]);
-        // Connected over TCP through the proxy: QUIC is still tried beside it.
+        assert_eq!(choice.plan(), Plan::Race { first: Transport::Tcp });
         let t0 = Instant::now();
-        choice.connected(Tcp, t0);
+        choice.connected(Transport::Tcp, t0);
         assert_eq!(choice.probe_at(), Some(t0 + Duration::from_secs(30)));
+        choice.connected(Transport::Quic, t0);
         choice.lost();
-        assert_eq!(choice.next(), Tcp);
+        assert_eq!(choice.plan(), Plan::Race { first: Transport::Tcp }, "the proxy is still the way out");
     }
 
     #[test]
@@ -197,42 +232,37 @@ mod tests {
         ) {
             let retry = Duration::from_secs(30);
             let mut choice = TransportChoice::new(mode, retry, proxied);
-            // Auto dials QUIC first, TCP first behind a proxy; the fixed modes ignore the proxy.
-            let first = match mode {
-                TransportMode::Auto if proxied => Transport::Tcp,
-                TransportMode::Tcp => Transport::Tcp,
-                _ => Transport::Quic,
-            };
-            prop_assert_eq!(choice.next(), first);
             let start = Instant::now();
-            // Transports dialled since the last welcome or loss.
-            let mut failing: Vec<Transport> = Vec::new();
+            let mut last_worked = None;
             for (i, event) in events.into_iter().enumerate() {
                 let now = start + Duration::from_secs(i as u64);
-                let next = choice.next();
-                match mode {
-                    TransportMode::Quic => prop_assert_eq!(next, Transport::Quic),
-                    TransportMode::Tcp => prop_assert_eq!(next, Transport::Tcp),
-                    TransportMode::Auto => {}
-                }
+                // Fixed modes dial their one transport; auto races, preferring QUIC unless the
+                // proxy or the last connection says TCP.
+                let expected = match mode {
+                    TransportMode::Quic => Plan::Only(Transport::Quic),
+                    TransportMode::Tcp => Plan::Only(Transport::Tcp),
+                    TransportMode::Auto if proxied || last_worked == Some(Transport::Tcp) => Plan::Race { first: Transport::Tcp },
+                    TransportMode::Auto => Plan::Race { first: Transport::Quic },
+                };
+                prop_assert_eq!(choice.plan(), expected);
+                prop_assert_eq!(choice.quic_went_silent(), mode == TransportMode::Auto);
                 match event {
-                    Event::DialFailed => {
-                        failing.push(next);
-                        choice.dial_failed();
-                    }
-                    Event::Connected => {
-                        failing.clear();
-                        choice.connected(next, now);
-                        let probes = mode == TransportMode::Auto && next == Transport::Tcp;
+                    Event::Connected(transport) => {
+                        let transport = match mode {
+                            TransportMode::Quic => Transport::Quic,
+                            TransportMode::Tcp => Transport::Tcp,
+                            TransportMode::Auto => transport,
+                        };
+                        choice.connected(transport, now);
+                        if mode == TransportMode::Auto {
+                            last_worked = Some(transport);
+                        }
+                        let probes = mode == TransportMode::Auto && transport == Transport::Tcp;
                         prop_assert_eq!(choice.probe_at(), probes.then_some(now + retry));
                     }
                     Event::Lost => {
-                        failing.clear();
                         choice.lost();
                         prop_assert_eq!(choice.probe_at(), None);
-                        if mode == TransportMode::Auto {
-                            prop_assert_eq!(choice.next(), first, "a lost connection starts over with the first");
-                        }
                     }
                     Event::ProbeFailed => {
                         let probing = choice.probe_at().is_some();
@@ -242,14 +272,6 @@ mod tests {
                             prop_assert_eq!(choice.probe_at(), Some(now + retry));
                         }
                     }
-                }
-                if mode == TransportMode::Auto {
-                    // While failing: never two dials of the second transport in a row, and never
-                    // more of the first in a row than the limit.
-                    let second = other(first);
-                    prop_assert!(!failing.windows(2).any(|w| w == [second, second]));
-                    let first_run = failing.iter().rev().take_while(|t| **t == first).count();
-                    prop_assert!(first_run <= QUIC_FAILURES_BEFORE_TCP as usize);
                 }
             }
         }

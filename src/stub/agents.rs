@@ -63,6 +63,8 @@ pub async fn serve_agent(conn: Connection, fingerprint: Option<Fingerprint>, sta
         state.registry.add(agent.clone());
         let observer = SilenceLog { connection: agent.id, cluster: entry.cluster.clone(), metrics: state.metrics.clone() };
         tokio::spawn(liveness::watch(agent.liveness.clone(), conn.clone(), observer).in_current_span());
+        // The agent asks whether its packets still arrive (see `transport::echo`).
+        tokio::spawn(crate::transport::echo::answer(conn.clone()));
         let welcome = Control::Welcome(Welcome {
             protocol_version: PROTOCOL_VERSION,
             connection_id: agent.id,

@@ -13,6 +13,8 @@
 //! - [`dial`]: the dialer's side: one connection over the transport asked for.
 //! - [`proxy`]: the TCP fallback's way out through an HTTP proxy (`CONNECT`).
 //! - [`listen`]: the listener's side: QUIC and TCP on one port, handshakes, peer fingerprints.
+//! - [`echo`]: whether what the dialer sends still reaches the listener (both ways, asked of
+//!   the listener's application).
 //! - [`explain`]: plain words for a connection that was refused or lost.
 //! - [`flow`]: the flow-control windows both transports use.
 //! - [`gather`]: a QUIC receive stream that hands on chunks of a useful size.
@@ -21,6 +23,7 @@
 //! - [`udp_buffers`]: that UDP socket's kernel buffers, and a warning when the kernel grants less.
 
 pub mod dial;
+pub mod echo;
 pub mod explain;
 pub mod flow;
 pub mod gather;

@@ -134,6 +134,36 @@ impl Egress {
         ProxyProc { proc, address: format!("{}:{port}", self.gateway) }
     }
 
+    /// Adds nftables `rule`s to the namespace's output chain (its own table, gone with the
+    /// namespace): `udp dport 7443 drop`, say.
+    pub fn firewall(&self, rule: &str) {
+        let ns = &self.netns;
+        let nft = |args: &str| {
+            let mut full = vec!["ip", "netns", "exec", ns, "nft"];
+            full.extend(args.split_whitespace());
+            run(&full);
+        };
+        if !self.has_table() {
+            nft("add table inet tether");
+            nft("add chain inet tether out { type filter hook output priority 0 ; }");
+        }
+        nft(&format!("add rule inet tether out {rule}"));
+    }
+
+    /// Removes every rule [`Egress::firewall`] added.
+    pub fn open_firewall(&self) {
+        if self.has_table() {
+            run(&["ip", "netns", "exec", &self.netns, "nft", "flush", "chain", "inet", "tether", "out"]);
+        }
+    }
+
+    fn has_table(&self) -> bool {
+        Command::new("ip")
+            .args(["netns", "exec", &self.netns, "nft", "list", "table", "inet", "tether"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
     /// Whether a TCP connection from inside the namespace to `addr` succeeds (within 2 s).
     pub fn reaches(&self, addr: &str) -> bool {
         let (host, port) = addr.rsplit_once(':').unwrap();
