@@ -23,12 +23,15 @@
 #   8. CPU per byte: 256 MB downloads (--quick: 64 MB) on loopback through tether over QUIC and
 #      over the TCP fallback, through a C HTTP/2 tunnel (an nghttpx hub and an nghttpx edge with
 #      one HTTP/2 connection over TLS between them, Debian's nghttp2-proxy, installed if missing)
-#      and direct: throughput and CPU seconds per GB of the tunnel's two processes, median of 3.
-# Parts 1 and 2 need root (`tether link`: network namespaces and TUN devices); without it they are
-# skipped with the reason. Output: DIR/results.md (Markdown tables), DIR/results.json and
+#      and direct: throughput and CPU seconds per GB of the tunnel's two processes, median of 3;
+#   9. behind a firewall on the stub's side (nftables in the link's namespace) that drops UDP to
+#      the stub's port, rejects it, or lets it through: time from an agent's start to its first
+#      served request, and the transport it got (median of 3; --quick: 1).
+# Parts 1, 2 and 9 need root (`tether link`: network namespaces and TUN devices); without it they
+# are skipped with the reason. Output: DIR/results.md (Markdown tables), DIR/results.json and
 # DIR/chart.png (if matplotlib can be installed into ~/.cache/tether/bench-venv). DIR defaults to
 # target/bench. --only runs some parts (comma-separated: memory, reconnect, link, hub, stall,
-# storm, bytes). Every process it starts is stopped (by PID) when it ends; the link takes its
+# storm, bytes, firewall). Every process it starts is stopped (by PID) when it ends; the link takes its
 # namespace down with it.
 set -euo pipefail
 
@@ -44,7 +47,7 @@ while [ $# -gt 0 ]; do
     --out) out=$2; shift ;;
     --only) only=$2; shift ;;
     -h | --help) awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0"; exit 0 ;;
-    *) echo "usage: $PROG [--quick] [--out DIR] [--only memory,reconnect,link,hub,stall,storm,bytes]" >&2; exit 2 ;;
+    *) echo "usage: $PROG [--quick] [--out DIR] [--only memory,reconnect,link,hub,stall,storm,bytes,firewall]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -54,7 +57,7 @@ storm_agents=$($quick && echo 2000 || echo 10000)
 # want PART: PART is to run (--only names it, or --only was not given).
 want() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }
 for part in ${only//,/ }; do
-  case $part in memory | reconnect | link | hub | stall | storm | bytes) ;; *) die "--only: no part called \"$part\"" ;; esac
+  case $part in memory | reconnect | link | hub | stall | storm | bytes | firewall) ;; *) die "--only: no part called \"$part\"" ;; esac
 done
 
 log "building release binaries (cargo build --release)"
@@ -365,11 +368,11 @@ PY
   for p in $tcp_pids $quic_pids; do stop_pid "$p" bytes; done
 fi
 
-# ---- 1 and 2: across an emulated link (root) -----------------------------------------------
-if ! want link; then
+# ---- 1, 2 and 9: across an emulated link (root) --------------------------------------------
+if ! want link && ! want firewall; then
   :
 elif [ "$(id -u)" != 0 ] || [ ! -e /dev/net/tun ]; then
-  log "SKIPPED tunnel-vs-direct and QUIC-vs-TCP: they need root and /dev/net/tun (tether link)"
+  log "SKIPPED tunnel-vs-direct, QUIC-vs-TCP and the firewall cell: they need root and /dev/net/tun (tether link)"
 else
   index=$(( ($$ % 200) + 20 ))
   ns=tether-bench-$index
@@ -398,6 +401,7 @@ else
   through=(--target "https://127.0.0.1:PORT/clusters/dev" --token "$token" --ca "$certs/ca.crt")
   direct=(--target "http://10.201.$index.2:$target_port")
 
+  if want link; then
   log "tunnel vs direct across a 20 ms RTT link without loss"
   link_up 0
   agent_up quic
@@ -458,6 +462,59 @@ else
     done
     link_down
   done
+  fi # want link
+
+  # 9. Time from an agent's start to its first served request behind a firewall on the stub's
+  # side that drops UDP to the stub's port, or rejects it (ICMP), or lets it through (where the
+  # race of the two transports must cost nothing: QUIC still wins). 20 ms RTT, no loss; the
+  # firewall is an nftables table in the link's namespace, gone with it.
+  if want firewall; then
+    if ! command -v nft >/dev/null; then
+      log "SKIPPED the firewall cell: no nft (scripts/test.sh installs nftables as root)"
+    else
+      link_up 0
+      t=("${through[@]/PORT/$https_port}")
+      rounds=$($quick && echo 1 || echo 3)
+      for udp in dropped rejected open; do
+        ip netns exec "$ns" nft delete table inet tbench 2>/dev/null || true
+        if [ "$udp" != open ]; then
+          verdict=$([ "$udp" = dropped ] && echo drop || echo reject)
+          ip netns exec "$ns" nft add table inet tbench
+          ip netns exec "$ns" nft add chain inet tbench in '{ type filter hook input priority 0 ; }'
+          ip netns exec "$ns" nft add rule inet tbench in udp dport "$quic_port" "$verdict"
+        fi
+        for round in $(seq 1 "$rounds"); do
+          log "firewall: UDP $udp, round $round of $rounds: agent start to first served request"
+          started=$(date +%s%N)
+          spawn agentns "$work/agentns.log" env TETHER_LOG=info "$tether" agent --certs "$certs" --cluster dev \
+            --name agent-0 --stub "10.201.$index.1:$quic_port" --server-name localhost \
+            --upstream "http://127.0.0.1:$target_port"
+          agent_pid=$SPAWNED_PID
+          # A benchmark, not a test: ask until a request is served (each ask is one GET).
+          until nsbench "${t[@]}" --mix small -n 1 -c 1 --timeout 5s 2>/dev/null | python3 -c \
+            'import json,sys; d=json.load(sys.stdin); sys.exit(0 if not d.get("errors") and d["kinds"]["small"]["count"] == 1 else 1)'; do
+            (( $(date +%s%N) - started < 60000000000 )) || { log "firewall: UDP $udp: nothing served in 60 s"; break; }
+          done
+          served_ms=$(( ($(date +%s%N) - started) / 1000000 ))
+          transport=$(grep -m1 'connected to stub' "$work/agentns.log" | grep -o 'transport=[a-z]*' | cut -d= -f2)
+          echo "$served_ms $transport" >>"$work/firewall-$udp"
+          stop_pid "$agent_pid" agentns
+        done
+      done
+      ip netns exec "$ns" nft delete table inet tbench 2>/dev/null || true
+      link_down
+      python3 - "$work" >"$work/firewall.json" <<'PY'
+import json, statistics, sys
+out = {}
+for udp in ("dropped", "rejected", "open"):
+    rows = [line.split() for line in open(f"{sys.argv[1]}/firewall-{udp}")]
+    out[udp] = {"ms": statistics.median(int(r[0]) for r in rows), "transport": rows[-1][1] if rows[-1][1:] else "?",
+                "runs": len(rows)}
+print(json.dumps(out))
+PY
+      record firewall "$(cat "$work/firewall.json")"
+    fi
+  fi
 fi
 
 # ---- report --------------------------------------------------------------------------------
@@ -510,6 +567,12 @@ for tr in ("quic", "tcp", "direct"):
     if x:
         alone, beside = k(x["alone"], "small", "p50_ms"), k(x["beside"], "small", "p50_ms")
         w(f"| small GET p50 beside a full-speed download / alone, {tr if tr == 'direct' else 'tether ' + tr}, 5% loss, no added delay | {beside:.2f} / {alone:.2f} ms = **{beside/alone:.2f}x** (the download: {x['bulk']['mb_per_s']:.1f} MB/s) | {'at most 1.3x' if tr != 'direct' else 'no tunnel: what the link and the CPU do'} |")
+fw = d.get("firewall")
+if fw:
+    for udp in ("dropped", "rejected", "open"):
+        x = fw[udp]
+        target = "about 2 s at most" if udp != "open" else "no slower than before the race: QUIC wins"
+        w(f"| agent start to first served request, UDP to the stub {udp} (20 ms RTT, median of {x['runs']}) | **{x['ms'] / 1000:.2f} s** over {x['transport']} | {target} |")
 if "reconnect" in d:
     w(f"| first successful request after a stub restart | {d['reconnect']['ms']} ms | about a second |")
 if b:
