@@ -265,9 +265,14 @@ impl DialLoop {
     ) -> Result<(Session, SocketAddr, Reason), DialFailure> {
         let second = other(first);
         let (first_conn, second_conn) = (Mutex::new(None), Mutex::new(None));
+        // Ends the second's head-start wait early when the first fails outright.
+        let first_failed = tokio::sync::Notify::new();
         let a = self.connect_noting(certificate, first, attempt, &first_conn);
         let b = async {
-            tokio::time::sleep(HEAD_START).await;
+            tokio::select! {
+                _ = tokio::time::sleep(HEAD_START) => {}
+                _ = first_failed.notified() => {}
+            }
             self.connect_noting(certificate, second, attempt, &second_conn).await
         };
         tokio::pin!(a, b);
@@ -280,6 +285,7 @@ impl DialLoop {
                     Err(failure) => {
                         // Nothing to wait for: the other starts at once if it has not.
                         tracing::debug!(transport = %first, "{failure}");
+                        first_failed.notify_one();
                         a_failed = Some(failure);
                     }
                 },
@@ -455,6 +461,24 @@ impl DialLoop {
                 _ = cancel.cancelled() => continue,
             };
             match dialled {
+                Ok((next, _)) if (standby || probe) && self.held_by_another(&next.replica) => {
+                    // Behind a load balancer a new connection lands on any replica; one another
+                    // slot holds already is no place to move this slot to.
+                    tracing::debug!(
+                        connection = next.connection_id,
+                        replica = %next.replica,
+                        "the new connection landed on a replica another slot holds; closing it"
+                    );
+                    next.connection()
+                        .close(AppCode::Duplicate, "this agent holds a connection to this replica already");
+                    if standby {
+                        // Another dial may land elsewhere; the silent connection's own end bounds
+                        // the tries.
+                        tcp_tried_in_this_silence = false;
+                    } else {
+                        self.choice.probe_failed(now);
+                    }
+                }
                 Ok((next, address)) => {
                     let reason = if standby {
                         tracing::info!(
@@ -575,6 +599,12 @@ impl DialLoop {
         );
         let echoes = Echoes::start(&connection);
         Serving { task, stop, transport, connection, connection_id, reason, echoes, asked_once: false }
+    }
+
+    /// Whether a slot other than this one holds a connection to `replica`.
+    fn held_by_another(&self, replica: &str) -> bool {
+        let replicas = self.slots.replicas();
+        replicas.held(self.slot) != Some(replica) && replicas.holds(replica)
     }
 
     /// A session of this slot stopped serving (lost, or replaced): not ready once none serves.
