@@ -1,8 +1,9 @@
 //! An agent behind a network hostile to UDP (a network namespace of the test's own, its
 //! firewall an nftables table in it; see `support::egress`): with UDP to the stub dropped, or
 //! rejected, `--transport auto` serves at once over TCP (the race), and with UDP open over
-//! QUIC; when UDP stops getting through under load, TCP takes over before the QUIC connection
-//! is declared dead, and QUIC takes over again when UDP returns, both make before break.
+//! QUIC; when UDP stops getting through under load, a TCP connection serves beside the QUIC one
+//! before that is declared dead (and drains if QUIC answers again), and QUIC takes over again
+//! when UDP returns, all make before break.
 
 mod support;
 
@@ -101,7 +102,7 @@ struct Outcome {
 }
 
 #[tokio::test]
-async fn when_udp_stops_under_load_tcp_takes_over_before_quic_is_dead_and_quic_returns_after() {
+async fn when_udp_stops_under_load_tcp_serves_beside_quic_before_it_is_dead_and_quic_returns_after() {
     let Some(net) = setup(&["dev"]).await else { return };
     let net = Arc::new(net);
     let mut agent = agent(&net, "dev", &["--quic-retry", "2s"]);
@@ -131,16 +132,30 @@ async fn when_udp_stops_under_load_tcp_takes_over_before_quic_is_dead_and_quic_r
         .collect();
     net.upstream.wait_requests(40).await;
 
-    // UDP stops getting through (a middlebox, a lost NAT mapping): silently dropped.
-    net.egress.firewall(&format!("udp dport {} drop", net.port));
-    let moved = agent.wait_for("TCP welcomed while QUIC is silent").await;
-    agent.wait_for_count("connected to stub", 2).await;
+    // UDP stops getting through for a moment (a middlebox's hiccup): TCP comes up beside the
+    // QUIC connection and serves with it, and drains when QUIC answers again.
+    let cut = format!("udp dport {} drop", net.port);
+    net.egress.firewall(&cut);
+    agent.wait_for("TCP welcomed beside the silent QUIC connection").await;
+    net.egress.open_firewall();
+    agent.wait_for("QUIC answers again: draining the TCP connection beside it").await;
+    let served = net.upstream.requests();
+    net.upstream.wait_requests(served + 40).await;
+
+    // UDP stops for good (a NAT that lost its mapping): TCP comes up beside the QUIC connection
+    // again, and serves on alone when QUIC is declared dead.
+    net.egress.firewall(&cut);
+    agent.wait_for_count("TCP welcomed beside the silent QUIC connection", 2).await;
+    agent.wait_for("the TCP connection beside it serves on").await;
+    let tcp_lines =
+        agent.log().lines().filter(|l| l.contains("connected to stub") && l.contains("transport=tcp")).count();
     assert!(
         agent.log().lines().any(|l| l.contains("transport=tcp") && l.contains("the QUIC connection went silent")),
         "{}",
         agent.log()
     );
-    assert_eq!(agent.count("disconnected from stub"), 0, "the QUIC connection was declared dead first: {moved}");
+    assert_eq!(tcp_lines, 2, "one TCP connection per silence:\n{}", agent.log());
+    assert_eq!(agent.count("disconnected from stub"), 0, "no gap:\n{}", agent.log());
     let served = net.upstream.requests();
     net.upstream.wait_requests(served + 40).await;
 

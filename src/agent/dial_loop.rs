@@ -129,6 +129,11 @@ struct Serving {
     transport: Transport,
     connection: Connection,
     connection_id: u64,
+    /// The stub replica that welcomed it, the address dialled, and how many replicas the hub
+    /// had then: what the slot claims while it serves.
+    replica: String,
+    address: SocketAddr,
+    members: u32,
     /// Why it uses its transport.
     reason: Reason,
     /// The stub's answers to this side's echoes (QUIC), see [`crate::transport::echo`].
@@ -217,7 +222,7 @@ impl DialLoop {
             }
             duplicates.reset();
             let started = Instant::now();
-            let lost = self.serve(session, reason, &mut certificate, &retiring).await;
+            let lost = self.serve(session, address, reason, &mut certificate, &retiring).await;
             self.slots.replicas().release(self.slot);
             let Some(reason) = lost else { break };
             if started.elapsed() >= HEALTHY_RUN {
@@ -342,12 +347,13 @@ impl DialLoop {
     async fn serve(
         &mut self,
         session: Session,
+        address: SocketAddr,
         reason: Reason,
         certificate: &mut AgentCertificate,
         retiring: &TaskTracker,
     ) -> Option<String> {
         let cancel = self.slots.cancel.clone();
-        let mut serving = self.start(session, certificate, reason);
+        let mut serving = self.start(session, address, certificate, reason);
         // The QUIC connection in use is watched: UDP that stops getting through (a middlebox, a
         // NAT that lost its mapping, one way or both) shows as the stub no longer answering the
         // agent's echoes, long before the idle timeout, and TCP is dialled beside it then (make
@@ -355,7 +361,12 @@ impl DialLoop {
         let mut silence = Silence::new(serving.answered(), tokio::time::Instant::now());
         let mut look = tokio::time::interval(crate::liveness::TICK);
         look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut tcp_tried_in_this_silence = false;
+        // TCP dials beside the silent QUIC connection in this silence (see `STANDBY_TRIES`).
+        let mut standby_tries = 0;
+        // A TCP connection serving beside the QUIC one while that is silent: it takes over if
+        // the QUIC connection ends, and drains if QUIC answers again (a false alarm costs a
+        // connection, never a move).
+        let mut beside: Option<Serving> = None;
         let mut activity = Activity::default();
         let mut handover = Handover::default();
         let mut members = self.slots.members.subscribe();
@@ -385,14 +396,25 @@ impl DialLoop {
                         continue;
                     }
                     match silence.observe(serving.answered(), now, serving.connection.rtt()) {
-                        Verdict::Heard => tcp_tried_in_this_silence = false,
+                        Verdict::Heard => {
+                            standby_tries = 0;
+                            if let Some(tcp) = beside.take() {
+                                tracing::info!(connection = tcp.connection_id, "QUIC answers again: draining the TCP connection beside it");
+                                self.retire(tcp, retiring);
+                                self.slots.metrics.set_connection(self.slot, Some((serving.replica.clone(), serving.connection.clone())));
+                            }
+                        }
                         Verdict::Quiet => {}
                         Verdict::Probe => serving.ask_echo(),
-                        Verdict::Suspect if !tcp_tried_in_this_silence && !handover.is_waiting() => {
-                            tcp_tried_in_this_silence = true;
-                            standby = true;
+                        Verdict::Suspect => {
+                            // Still asking: an answer ends the silence (and the TCP beside it).
+                            serving.ask_echo();
+                            let long_enough = silence.quiet(now) >= echo_suspect_after(serving.connection.rtt());
+                            if long_enough && beside.is_none() && standby_tries < STANDBY_TRIES && !handover.is_waiting() {
+                                standby_tries += 1;
+                                standby = true;
+                            }
                         }
-                        Verdict::Suspect => {}
                     }
                     if !standby {
                         continue;
@@ -414,14 +436,40 @@ impl DialLoop {
                 _ = sleep_until(rebalance_at.as_ref().map(|(at, _)| *at)), if rebalance_at.is_some() && !handover.is_waiting() => {
                     rebalance = true;
                 }
-                end = &mut serving.task => break Some(match end {
-                    Ok(SessionEnd::Lost { reason }) => reason,
-                    Ok(SessionEnd::Stopped) => "the session stopped".to_owned(),
-                    Err(e) => format!("the session failed: {e}"),
-                }),
+                end = &mut serving.task => {
+                    let reason = match end {
+                        Ok(SessionEnd::Lost { reason }) => reason,
+                        Ok(SessionEnd::Stopped) => "the session stopped".to_owned(),
+                        Err(e) => format!("the session failed: {e}"),
+                    };
+                    let Some(tcp) = beside.take() else { break Some(reason) };
+                    // Make before break, completed: the TCP connection was serving already.
+                    tracing::info!(connection = tcp.connection_id, "the QUIC connection ended ({reason}); the TCP connection beside it serves on");
+                    self.stopped_one();
+                    self.slots.replicas().release(self.slot);
+                    self.slots.replicas().claim(self.slot, &tcp.replica, tcp.address, tcp.members);
+                    self.choice.connected(Transport::Tcp, tokio::time::Instant::now());
+                    self.slots.metrics.set_connection(self.slot, Some((tcp.replica.clone(), tcp.connection.clone())));
+                    serving = tcp;
+                    silence = Silence::new(serving.answered(), tokio::time::Instant::now());
+                    standby_tries = 0;
+                    continue;
+                }
+                end = async { (&mut beside.as_mut().expect("guarded").task).await }, if beside.is_some() => {
+                    tracing::debug!(?end, "the TCP connection beside the QUIC one ended");
+                    beside = None;
+                    self.stopped_one();
+                    self.slots.metrics.set_connection(self.slot, Some((serving.replica.clone(), serving.connection.clone())));
+                    continue;
+                }
                 _ = cancel.cancelled() => {
                     serving.stop.cancel();
                     let _ = (&mut serving.task).await;
+                    if let Some(tcp) = beside.take() {
+                        tcp.stop.cancel();
+                        let _ = tcp.task.await;
+                        self.stopped_one();
+                    }
                     break None;
                 }
                 Some(new) = self.new_certificates.recv() => handover.offer(new, tokio::time::Instant::now()),
@@ -430,13 +478,14 @@ impl DialLoop {
             }
             let now = tokio::time::Instant::now();
             if rebalance && let Some((_, to)) = rebalance_at.take() {
-                if let Some(next) = self.rebalance(certificate, serving.transport, &to).await {
+                if let Some((next, address)) = self.rebalance(certificate, serving.transport, &to).await {
+                    if let Some(tcp) = beside.take() {
+                        self.retire(tcp, retiring);
+                    }
                     // The same transport, for the same reason, on another replica.
                     let reason = serving.reason;
-                    let old = std::mem::replace(&mut serving, self.start(next, certificate, reason));
-                    old.stop.cancel();
-                    self.stopped_one();
-                    retiring.spawn(old.task);
+                    let old = std::mem::replace(&mut serving, self.start(next, address, certificate, reason));
+                    self.retire(old, retiring);
                     silence = Silence::new(serving.answered(), tokio::time::Instant::now());
                 }
                 continue;
@@ -471,22 +520,24 @@ impl DialLoop {
                     );
                     next.connection()
                         .close(AppCode::Duplicate, "this agent holds a connection to this replica already");
-                    if standby {
-                        // Another dial may land elsewhere; the silent connection's own end bounds
-                        // the tries.
-                        tcp_tried_in_this_silence = false;
-                    } else {
+                    // A standby dial is tried again at the next look (up to `STANDBY_TRIES`).
+                    if probe {
                         self.choice.probe_failed(now);
                     }
                 }
+                Ok((next, address)) if standby => {
+                    tracing::info!(
+                        connection = next.connection_id,
+                        "TCP welcomed beside the silent QUIC connection: both serve until QUIC answers again or ends"
+                    );
+                    beside = Some(self.start_beside(next, address, certificate));
+                }
                 Ok((next, address)) => {
-                    let reason = if standby {
-                        tracing::info!(
-                            connection = next.connection_id,
-                            "TCP welcomed while QUIC is silent: moving to it; draining the QUIC connection"
-                        );
-                        Reason::QuicSilent
-                    } else if probe {
+                    // Whatever replaces the connection in use replaces a TCP one beside it too.
+                    if let Some(tcp) = beside.take() {
+                        self.retire(tcp, retiring);
+                    }
+                    let reason = if probe {
                         tracing::info!(
                             connection = next.connection_id,
                             "QUIC works again: moving off the TCP fallback; draining the TCP connection"
@@ -500,12 +551,10 @@ impl DialLoop {
                     self.slots.replicas().release(self.slot);
                     self.slots.replicas().claim(self.slot, &next.replica, address, count(&next.members));
                     *certificate = candidate;
-                    let old = std::mem::replace(&mut serving, self.start(next, certificate, reason));
+                    let old = std::mem::replace(&mut serving, self.start(next, address, certificate, reason));
                     silence = Silence::new(serving.answered(), tokio::time::Instant::now());
-                    tcp_tried_in_this_silence = false;
-                    old.stop.cancel();
-                    self.stopped_one();
-                    retiring.spawn(old.task);
+                    standby_tries = 0;
+                    self.retire(old, retiring);
                 }
                 Err(reason) if standby => {
                     tracing::warn!("no TCP connection beside the silent QUIC one: {reason}");
@@ -521,6 +570,9 @@ impl DialLoop {
             }
         };
         self.stopped_one();
+        if let Some(tcp) = beside.take() {
+            self.retire(tcp, retiring);
+        }
         self.slots.metrics.set_connection(self.slot, None);
         // The files on disk win for the next connection, accepted before or not.
         if let Some(newest) = handover.settle() {
@@ -532,7 +584,12 @@ impl DialLoop {
     /// A connection to one of the replicas in `to` (new in the hub) that no slot of this agent
     /// holds yet, dialled from fresh sockets while the current one serves on; `None` if a few
     /// dials all land elsewhere (the current connection then stays).
-    async fn rebalance(&self, certificate: &AgentCertificate, transport: Transport, to: &[String]) -> Option<Session> {
+    async fn rebalance(
+        &self,
+        certificate: &AgentCertificate,
+        transport: Transport,
+        to: &[String],
+    ) -> Option<(Session, SocketAddr)> {
         for _ in 0..REBALANCE_DIALS {
             if self.dialer.fresh_socket().is_err() {
                 return None;
@@ -554,22 +611,53 @@ impl DialLoop {
             replicas.claim(self.slot, &next.replica, address, count(&next.members));
             drop(replicas);
             tracing::info!(connection = next.connection_id, replica = %next.replica, "moved to another replica: draining the old connection");
-            return Some(next);
+            return Some((next, address));
         }
         None
     }
 
     /// Starts serving a welcomed session on its own task, in a span of its own, and counts it
     /// in readiness and metrics.
-    fn start(&mut self, session: Session, certificate: &AgentCertificate, reason: Reason) -> Serving {
+    fn start(
+        &mut self,
+        session: Session,
+        address: SocketAddr,
+        certificate: &AgentCertificate,
+        reason: Reason,
+    ) -> Serving {
+        self.choice.connected(session.transport(), tokio::time::Instant::now());
+        self.slots.metrics.set_connection(self.slot, Some((session.replica.clone(), session.connection().clone())));
+        self.spawn_serving(session, address, certificate, reason)
+    }
+
+    /// Starts serving a TCP session beside the silent QUIC one in use: it serves, but the
+    /// transport choice and the slot's connection stay with the QUIC one until it ends.
+    fn start_beside(&mut self, session: Session, address: SocketAddr, certificate: &AgentCertificate) -> Serving {
+        self.slots.metrics.set_connection(self.slot, Some((session.replica.clone(), session.connection().clone())));
+        self.spawn_serving(session, address, certificate, Reason::QuicSilent)
+    }
+
+    /// A session served no more: it drains (its requests finish within the grace period).
+    fn retire(&self, old: Serving, retiring: &TaskTracker) {
+        old.stop.cancel();
+        self.stopped_one();
+        retiring.spawn(old.task);
+    }
+
+    fn spawn_serving(
+        &mut self,
+        session: Session,
+        address: SocketAddr,
+        certificate: &AgentCertificate,
+        reason: Reason,
+    ) -> Serving {
         let transport = session.transport();
         let (connection, connection_id) = (session.connection().clone(), session.connection_id);
+        let (replica, members) = (session.replica.clone(), count(&session.members));
         self.slots.metrics.chosen(transport, reason);
-        self.choice.connected(transport, tokio::time::Instant::now());
         // Ready before the log line says so: whoever reads the line may probe at once.
         self.slots.serving.fetch_add(1, Ordering::SeqCst);
         self.slots.readiness.set(true);
-        self.slots.metrics.set_connection(self.slot, Some((session.replica.clone(), session.connection().clone())));
         self.slots.metrics.connections.fetch_add(1, Ordering::Relaxed);
         let span =
             tracing::info_span!("connection", id = session.connection_id, %transport, replica = %session.replica);
@@ -598,7 +686,19 @@ impl DialLoop {
             .instrument(span),
         );
         let echoes = Echoes::start(&connection);
-        Serving { task, stop, transport, connection, connection_id, reason, echoes, asked_once: false }
+        Serving {
+            task,
+            stop,
+            transport,
+            connection,
+            connection_id,
+            replica,
+            address,
+            members,
+            reason,
+            echoes,
+            asked_once: false,
+        }
     }
 
     /// Whether a slot other than this one holds a connection to `replica`.
@@ -626,6 +726,19 @@ struct Activity {
     started: u64,
     last: Option<tokio::time::Instant>,
 }
+
+/// Echoes unanswered this long mean UDP is not getting through: twice the stub's own suspicion
+/// floor ([`crate::liveness::suspect_after`]), because an echo waits for the stub's application
+/// as well as its transport, and a stub busy setting up thousands of streams answered late by
+/// more than a second in `tests/load_bounds.rs`. Still well before the idle timeout declares
+/// the connection dead; and a false alarm costs a TCP connection beside, never a move.
+fn echo_suspect_after(rtt: Duration) -> Duration {
+    crate::liveness::suspect_after(rtt).max(2 * crate::liveness::SUSPECT_FLOOR)
+}
+
+/// TCP dials beside a silent QUIC connection in one silence: behind a load balancer each lands on
+/// any replica, and one that lands where another slot is connected is closed and tried again.
+const STANDBY_TRIES: u32 = 3;
 
 /// How long after its last request an agent still watches its QUIC connection.
 const ACTIVE_WINDOW: Duration = Duration::from_secs(3);
