@@ -409,7 +409,8 @@ impl DialLoop {
                         Verdict::Suspect => {
                             // Still asking: an answer ends the silence (and the TCP beside it).
                             serving.ask_echo();
-                            let long_enough = silence.quiet(now) >= echo_suspect_after(serving.connection.rtt());
+                            let long_enough = silence.quiet(now) >= echo_suspect_after(serving.connection.rtt())
+                                && activity.no_new_requests_for(crate::liveness::SUSPECT_FLOOR, now);
                             if long_enough && beside.is_none() && standby_tries < STANDBY_TRIES && !handover.is_waiting() {
                                 standby_tries += 1;
                                 standby = true;
@@ -722,9 +723,11 @@ impl DialLoop {
 /// sign of a working connection, nor their absence of an idle one.
 #[derive(Debug, Default)]
 struct Activity {
-    /// Streams started as last seen, and when a stream last started or was in flight.
+    /// Streams started as last seen, when a stream last started or was in flight, and when one
+    /// last started.
     started: u64,
     last: Option<tokio::time::Instant>,
+    last_new: Option<tokio::time::Instant>,
 }
 
 /// Echoes unanswered this long mean UDP is not getting through: twice the stub's own suspicion
@@ -744,8 +747,19 @@ const STANDBY_TRIES: u32 = 3;
 const ACTIVE_WINDOW: Duration = Duration::from_secs(3);
 
 impl Activity {
+    /// Whether new requests have stopped arriving for `quiet`. They arrive only while what the
+    /// agent sends gets through (the stub's window and congestion window need its
+    /// acknowledgements), so a stub that answers echoes late while it opens stream after stream
+    /// (busy, not cut off) is no alarm.
+    fn no_new_requests_for(&self, quiet: Duration, now: tokio::time::Instant) -> bool {
+        self.last_new.is_none_or(|last| now.saturating_duration_since(last) >= quiet)
+    }
+
     fn busy(&mut self, metrics: &AgentMetrics, now: tokio::time::Instant) -> bool {
         let started = metrics.streams_started.load(Ordering::Relaxed);
+        if started != self.started {
+            self.last_new = Some(now);
+        }
         if started != self.started || metrics.in_flight.load(Ordering::Relaxed) > 0 {
             self.started = started;
             self.last = Some(now);
