@@ -631,8 +631,9 @@ impl DialLoop {
         self.spawn_serving(session, address, certificate, reason)
     }
 
-    /// Starts serving a TCP session beside the silent QUIC one in use: it serves, but the
-    /// transport choice and the slot's connection stay with the QUIC one until it ends.
+    /// Starts serving a TCP session beside the silent QUIC one in use: it serves, and the
+    /// slot's metrics show it (new requests go there), but the transport choice stays with the
+    /// QUIC one until that ends; the metrics return to QUIC if it answers again.
     fn start_beside(&mut self, session: Session, address: SocketAddr, certificate: &AgentCertificate) -> Serving {
         self.slots.metrics.set_connection(self.slot, Some((session.replica.clone(), session.connection().clone())));
         self.spawn_serving(session, address, certificate, Reason::QuicSilent)
