@@ -5,7 +5,6 @@
 mod support;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::{Command, Output};
 
 use support::tether_bin;
@@ -16,23 +15,6 @@ fn tether(args: &[&str]) -> Output {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                files.push((path.strip_prefix(dir).unwrap().display().to_string(), std::fs::read(&path).unwrap()));
-            }
-        }
-    }
-    files.sort();
-    files
 }
 
 #[test]
@@ -103,9 +85,9 @@ fn bootstrap_makes_everything_once_and_keeps_it() {
     let whitelist = std::fs::read_to_string(dir.join("whitelist")).unwrap();
     let entries: Vec<&str> = whitelist.lines().filter(|l| !l.starts_with('#')).collect();
     assert_eq!(entries.len(), 4, "{whitelist}");
-    let before = snapshot(&dir);
+    let before = support::snapshot(&dir);
     run();
-    assert!(snapshot(&dir) == before, "a second run must change nothing");
+    assert!(support::snapshot(&dir) == before, "a second run must change nothing");
 }
 
 #[test]

@@ -98,24 +98,6 @@ fn cert_dir(dir: &Path) {
     }
 }
 
-/// Every file under `dir` with its bytes.
-fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                files.push((path.strip_prefix(dir).unwrap().display().to_string(), std::fs::read(&path).unwrap()));
-            }
-        }
-    }
-    files.sort();
-    files
-}
-
 #[test]
 fn register_takes_every_flag_from_the_environment() {
     let tmp = tempfile::tempdir().unwrap();
@@ -144,7 +126,7 @@ fn register_takes_every_flag_from_the_environment() {
 fn register_refuses_hostile_values_before_writing_anything() {
     let tmp = tempfile::tempdir().unwrap();
     cert_dir(tmp.path());
-    let before = snapshot(tmp.path());
+    let before = support::snapshot(tmp.path());
     let certs = tmp.path().to_str().unwrap();
     let cases: [(&[&str], &str); 5] = [
         (&["--stub", "hub:7443 (x)\nkind: Secret\n# :7443"], "--stub"),
@@ -161,7 +143,7 @@ fn register_refuses_hostile_values_before_writing_anything() {
         assert!(!out.status.success(), "{args:?} was taken:\n{}", text(&out.stdout));
         assert!(out.stdout.is_empty(), "{args:?} printed a manifest");
         assert!(stderr.contains(named), "{args:?}: the error does not name {named}: {stderr}");
-        assert_eq!(snapshot(tmp.path()), before, "{args:?} changed the certificate directory");
+        assert_eq!(support::snapshot(tmp.path()), before, "{args:?} changed the certificate directory");
     }
 }
 

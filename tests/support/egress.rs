@@ -18,25 +18,14 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use super::Proc;
+use super::host::{self, run};
 
 /// Why this machine cannot make the proxied network, if it cannot.
 pub fn unavailable() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root (network namespaces need it)".into());
-    }
-    if Command::new("ip").arg("-V").output().is_err() {
-        return Some("no `ip`".into());
-    }
-    if Command::new("tinyproxy").arg("-v").output().is_err() {
-        return Some("no `tinyproxy` (scripts/test.sh installs tinyproxy-bin as root)".into());
-    }
-    None
-}
-
-fn run(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    host::missing(
+        "network namespaces",
+        &[("ip", "-V", ""), ("tinyproxy", "-v", "scripts/test.sh installs tinyproxy-bin as root")],
+    )
 }
 
 /// The agent's namespace and its one neighbour, this machine's end of the pair.

@@ -15,25 +15,16 @@
 use std::process::Command;
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use super::host::{self, run};
 use super::{PATIENCE, Proc};
 
 /// Why this machine cannot make the load balancers, if it cannot.
 pub fn unavailable() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root (network namespaces and nftables need it)".into());
-    }
-    for (tool, arg) in [("ip", "-V"), ("nft", "--version"), ("haproxy", "-v")] {
-        if Command::new(tool).arg(arg).output().is_err() {
-            return Some(format!("no `{tool}` (scripts/test.sh installs it as root)"));
-        }
-    }
-    None
-}
-
-fn run(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let hint = "scripts/test.sh installs it as root";
+    host::missing(
+        "network namespaces and nftables",
+        &[("ip", "-V", hint), ("nft", "--version", hint), ("haproxy", "-v", hint)],
+    )
 }
 
 /// The agents' load balancer: a virtual address in a namespace of its own.

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod egress;
+pub mod host;
 pub mod hub;
 pub mod kube;
 pub mod lb;
@@ -31,6 +32,25 @@ use tether::identity::whitelist::{self, Entry};
 
 /// How long a test waits for a process to reach a state before it fails.
 pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Every file under `dir` (by its path relative to `dir`) with its bytes, sorted: compared before
+/// and after a command, it shows that the command changed nothing.
+pub fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push((path.strip_prefix(dir).unwrap().display().to_string(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
 
 pub fn tether_bin() -> &'static str {
     env!("CARGO_BIN_EXE_tether")
