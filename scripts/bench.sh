@@ -632,26 +632,43 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import matplotlib' 2>
     log "no matplotlib: no chart"
   fi
 fi
-if "$venv/bin/python" -c 'import matplotlib' 2>/dev/null && python3 -c "import json,sys; sys.exit(0 if 'small_quic_0' in json.load(open('$out/results.json')) else 1)"; then
+if "$venv/bin/python" -c 'import matplotlib' 2>/dev/null && python3 -c "import json,sys; d=json.load(open('$out/results.json')); sys.exit(0 if {'small_quic_0', 'bytes', 'beside_quic'} & set(d) else 1)"; then
   "$venv/bin/python" - "$out/results.json" "$out/chart.png" <<'PY'
 import json, sys
 import matplotlib; matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 d = json.load(open(sys.argv[1])); losses = ["0", "1", "5"]
+# One panel per measured thing, for whichever parts ran.
+panels = []
+if "small_quic_0" in d:
+    def quic_vs_tcp(ax, key, title):
+        for i, tr in enumerate(("quic", "tcp")):
+            ax.bar([j + i * 0.38 for j in range(3)], [key(tr, l) for l in losses], 0.38, label=tr)
+        ax.set_xticks([j + 0.19 for j in range(3)], [f"{l}% loss" for l in losses]); ax.legend()
+        ax.set_title(title)
+    panels.append(lambda ax: quic_vs_tcp(ax, lambda tr, l: d[f"small_{tr}_{l}"]["kinds"]["small"]["p99_ms"],
+                                         "20 ms RTT: small GET p99 beside bulk (ms)"))
+    panels.append(lambda ax: quic_vs_tcp(ax, lambda tr, l: d[f"bulk_{tr}_{l}"]["mb_per_s"], "20 ms RTT: bulk goodput (MB/s)"))
 by = d.get("bytes")
-fig, axes = plt.subplots(1, 3 if by else 2, figsize=(15 if by else 10, 4))
-a, b = axes[0], axes[1]
 if by:
-    names = [n for n in ("quic", "tcp", "nghttpx") if n in by]
-    axes[2].bar(names, [by[n]["cpu_s_per_gb"] for n in names], color=["C0", "C1", "C2"])
-    axes[2].set_title(f"CPU s per GB, {by['mb']} MB download (loopback)")
-for i, tr in enumerate(("quic", "tcp")):
-    xs = [j + i * 0.38 for j in range(3)]
-    a.bar(xs, [d[f"small_{tr}_{l}"]["kinds"]["small"]["p99_ms"] for l in losses], 0.38, label=tr)
-    b.bar(xs, [d[f"bulk_{tr}_{l}"]["mb_per_s"] for l in losses], 0.38, label=tr)
-for ax, title in ((a, "small GET p99 beside a bulk transfer (ms)"), (b, "bulk goodput (MB/s)")):
-    ax.set_xticks([j + 0.19 for j in range(3)], [f"{l}% loss" for l in losses]); ax.set_title(title); ax.legend()
-fig.suptitle("tether: QUIC vs the TCP fallback, 20 ms RTT"); fig.tight_layout(); fig.savefig(sys.argv[2], dpi=100)
+    names = [n for n in ("quic", "tcp", "nghttpx", "direct") if n in by]
+    def bytes_panel(ax, field, title, names):
+        ax.bar(names, [by[n][field] for n in names], color=[f"C{i}" for i in range(len(names))]); ax.set_title(title)
+    panels.append(lambda ax: bytes_panel(ax, "cpu_s_per_gb", f"CPU s per GB, {by['mb']} MB (loopback)",
+                                         [n for n in names if n != "direct"]))
+    panels.append(lambda ax: bytes_panel(ax, "mb_per_s", f"throughput MB/s, {by['mb']} MB (loopback)", names))
+rows = [(n, d[f"beside_{n}"]) for n in ("quic", "quic_apart", "tcp", "direct") if f"beside_{n}" in d]
+if rows:
+    def beside_panel(ax):
+        for i, (when, label) in enumerate((("alone", "alone"), ("beside", "beside a download"))):
+            ax.bar([j + i * 0.38 for j in range(len(rows))], [x[when]["kinds"]["small"]["p50_ms"] for _, x in rows], 0.38, label=label)
+        ax.set_xticks([j + 0.19 for j in range(len(rows))], [n.replace("_", "\n") for n, _ in rows]); ax.legend()
+        ax.set_title("5% loss, 1 ms each way: small GET p50 (ms)")
+    panels.append(beside_panel)
+fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+for draw, ax in zip(panels, axes[0]):
+    draw(ax)
+fig.suptitle("tether benchmarks"); fig.tight_layout(); fig.savefig(sys.argv[2], dpi=100)
 PY
   log "chart: $out/chart.png"
 fi
