@@ -401,7 +401,7 @@ impl DialLoop {
                             if let Some(tcp) = beside.take() {
                                 tracing::info!(connection = tcp.connection_id, "QUIC answers again: draining the TCP connection beside it");
                                 self.retire(tcp, retiring);
-                                self.slots.metrics.set_connection(self.slot, Some((serving.replica.clone(), serving.connection.clone())));
+                                self.show_in_metrics(&serving);
                             }
                         }
                         Verdict::Quiet => {}
@@ -450,7 +450,7 @@ impl DialLoop {
                     self.slots.replicas().release(self.slot);
                     self.slots.replicas().claim(self.slot, &tcp.replica, tcp.address, tcp.members);
                     self.choice.connected(Transport::Tcp, tokio::time::Instant::now());
-                    self.slots.metrics.set_connection(self.slot, Some((tcp.replica.clone(), tcp.connection.clone())));
+                    self.show_in_metrics(&tcp);
                     serving = tcp;
                     silence = Silence::new(serving.answered(), tokio::time::Instant::now());
                     standby_tries = 0;
@@ -460,7 +460,7 @@ impl DialLoop {
                     tracing::debug!(?end, "the TCP connection beside the QUIC one ended");
                     beside = None;
                     self.stopped_one();
-                    self.slots.metrics.set_connection(self.slot, Some((serving.replica.clone(), serving.connection.clone())));
+                    self.show_in_metrics(&serving);
                     continue;
                 }
                 _ = cancel.cancelled() => {
@@ -627,7 +627,6 @@ impl DialLoop {
         reason: Reason,
     ) -> Serving {
         self.choice.connected(session.transport(), tokio::time::Instant::now());
-        self.slots.metrics.set_connection(self.slot, Some((session.replica.clone(), session.connection().clone())));
         self.spawn_serving(session, address, certificate, reason)
     }
 
@@ -635,8 +634,12 @@ impl DialLoop {
     /// slot's metrics show it (new requests go there), but the transport choice stays with the
     /// QUIC one until that ends; the metrics return to QUIC if it answers again.
     fn start_beside(&mut self, session: Session, address: SocketAddr, certificate: &AgentCertificate) -> Serving {
-        self.slots.metrics.set_connection(self.slot, Some((session.replica.clone(), session.connection().clone())));
         self.spawn_serving(session, address, certificate, Reason::QuicSilent)
+    }
+
+    /// The slot's metrics (connection, RTT, window) follow `serving`.
+    fn show_in_metrics(&self, serving: &Serving) {
+        self.slots.metrics.set_connection(self.slot, Some((serving.replica.clone(), serving.connection.clone())));
     }
 
     /// A session served no more: it drains (its requests finish within the grace period).
@@ -656,6 +659,9 @@ impl DialLoop {
         let transport = session.transport();
         let (connection, connection_id) = (session.connection().clone(), session.connection_id);
         let (replica, members) = (session.replica.clone(), count(&session.members));
+        // The slot's metrics show the new connection (a connection beside a silent one too: new
+        // requests go there) before the log line says it serves.
+        self.slots.metrics.set_connection(self.slot, Some((replica.clone(), connection.clone())));
         self.slots.metrics.chosen(transport, reason);
         // Ready before the log line says so: whoever reads the line may probe at once.
         self.slots.serving.fetch_add(1, Ordering::SeqCst);
