@@ -4,8 +4,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-
-use tokio::io::unix::AsyncFd;
+use std::time::Duration;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const IFF_TUN: libc::c_short = 0x0001;
@@ -18,9 +17,12 @@ struct IfReq {
     _rest: [u8; 22],
 }
 
-/// An open TUN device (IP packets, no extra header).
+/// An open TUN device (IP packets, no extra header), non-blocking. It is read by a thread of
+/// its own that waits with [`Tun::wait_readable`], whose timeout has the kernel's high-resolution
+/// timers behind it, not the runtime's millisecond wheel: a link must release a delayed packet
+/// when it is due.
 pub struct Tun {
-    fd: AsyncFd<OwnedFd>,
+    fd: OwnedFd,
     pub name: String,
 }
 
@@ -43,25 +45,40 @@ impl Tun {
         if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut request) } < 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: an OwnedFd always returns the one descriptor it owns, open until it drops,
-        // and the AsyncFd owns it from here on.
-        let fd = unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)?;
         Ok(Tun { fd, name: name.to_owned() })
     }
 
-    /// Reads one packet into `buf`; returns its length.
-    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            let mut ready = self.fd.readable().await?;
-            let read = ready.try_io(|fd| {
-                // SAFETY: read(2) into a buffer we own, at most its length.
-                let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-                if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
-            });
-            if let Ok(result) = read {
-                return result;
-            }
+    /// Reads one packet into `buf` if one is waiting; returns its length.
+    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        // SAFETY: read(2) into a buffer we own, at most its length.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(Some(n as usize));
         }
+        match io::Error::last_os_error() {
+            e if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => Ok(None),
+            e => Err(e),
+        }
+    }
+
+    /// Waits until a packet can be read or `timeout` has passed (nanosecond precision, as
+    /// ppoll(2) gives it); true if one can be read.
+    pub fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
+        let mut poll = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let wait = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: ppoll(2) on one pollfd and a timespec that outlive the call; no signal mask.
+        let n = unsafe { libc::ppoll(&mut poll, 1, &wait, std::ptr::null()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(e) };
+        }
+        if poll.revents & (libc::POLLERR | libc::POLLNVAL) != 0 {
+            return Err(io::Error::other(format!("TUN device {} failed", self.name)));
+        }
+        Ok(n > 0)
     }
 
     /// Writes one packet. A full device queue drops the packet, as a wire would.
