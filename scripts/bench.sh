@@ -10,7 +10,8 @@
 #      downloads (5 MB each, one at a time) share the tunnel, and their goodput; and at 5% loss
 #      with 1 ms each way (CPU, not the link, the limit), small GETs alone and beside a
 #      full-speed download on the same agent connection, and through a second stub and agent
-#      beside a download through the first (what the shared cores alone cost);
+#      beside a download through the first (what the shared cores alone cost); and the same
+#      with the link limited to 400 Mbit/s, where the link's queue and not the CPU is the limit;
 #   3. the stub's memory per agent connection (1,000 simulated agents) and per open stream (1,000
 #      held watches), and the agent's per open stream;
 #   4. time until a request succeeds again after a stub restart;
@@ -377,9 +378,9 @@ elif [ "$(id -u)" != 0 ] || [ ! -e /dev/net/tun ]; then
 else
   index=$(( ($$ % 200) + 20 ))
   ns=tether-bench-$index
-  link_up() { # loss% [one-way delay, default 10ms]
+  link_up() { # loss% [one-way delay, default 10ms] [rate per direction, default 0: none]
     spawn link "$work/link.log" env TETHER_LOG=info "$tether" link --name "$ns" --index "$index" \
-      --loss "$1" --delay "${2:-10ms}" --seed 7 --lifetime 30m
+      --loss "$1" --delay "${2:-10ms}" --rate "${3:-0}" --seed 7 --lifetime 30m
     link_pid=$SPAWNED_PID
     wait_log link "link up" "$link_pid" >/dev/null
     spawn stubns "$work/stubns.log" env TETHER_LOG=info ip netns exec "$ns" "$tether" stub --certs "$certs" \
@@ -426,7 +427,7 @@ else
   # download through the array bulk; recorded as beside_NAME.
   beside() {
     local name=$1
-    log "$name at 5% loss, 1 ms each way: small GETs alone, then beside a full-speed download"
+    log "$name at 5% loss, 1 ms each way${rate:+, $rate}: small GETs alone, then beside a full-speed download"
     nsbench "${gets[@]}" --mix small -c 1 -d "${secs}s" >"$work/alone-$name.json"
     nsbench "${bulk[@]}" --mix list --list-path "/list?bytes=10000000" -c 1 -d "$((secs + 2))s" --timeout 60s \
       >"$work/beside-bulk-$name.json" &
@@ -436,6 +437,7 @@ else
     wait "$bulk_pid" || true
     record "beside_$name" "{\"alone\": $(cat "$work/alone-$name.json"), \"beside\": $(cat "$work/beside-$name.json"), \"bulk\": $(cat "$work/beside-bulk-$name.json")}"
   }
+  rate=
   link_up 5 1ms
   # The same without a tunnel: plain HTTP across the link, a TCP connection each for the GETs
   # and the download, so what the link itself and the machine's CPU do to the GETs shows apart.
@@ -464,6 +466,18 @@ else
     fi
     stop_pid "$agent_pid" agentns
   done
+  link_down
+  # The same link with a bottleneck, as a real uplink has: 400 Mbit/s each way, below what stub
+  # and agent can move here, so the download fills the link's queue (1,000 packets) instead of
+  # the cores, and what the GETs wait for is what the download keeps queued in front of them.
+  rate=400mbit
+  link_up 5 1ms "$rate"
+  gets=("${direct[@]}"); bulk=("${direct[@]}")
+  beside direct_bottleneck
+  agent_up quic
+  gets=("${through[@]/PORT/$https_port}"); bulk=("${gets[@]}")
+  beside quic_bottleneck
+  stop_pid "$agent_pid" agentns
   link_down
   fi # want beside
 
@@ -593,6 +607,8 @@ beside_rows = {
                    "the floor: only the two cores and the link shared"),
     "tcp": ("tether TCP fallback", "at most 1.3x"),
     "direct": ("direct", "no tunnel: what the link and the CPU do"),
+    "quic_bottleneck": ("tether QUIC, the link limited to 400 Mbit/s", "at most 1.3x"),
+    "direct_bottleneck": ("direct, the link limited to 400 Mbit/s", "no tunnel: what the link's queue does"),
 }
 for tr, (what, target) in beside_rows.items():
     x = d.get(f"beside_{tr}")
@@ -657,7 +673,8 @@ if by:
     panels.append(lambda ax: bytes_panel(ax, "cpu_s_per_gb", f"CPU s per GB, {by['mb']} MB (loopback)",
                                          [n for n in names if n != "direct"]))
     panels.append(lambda ax: bytes_panel(ax, "mb_per_s", f"throughput MB/s, {by['mb']} MB (loopback)", names))
-rows = [(n, d[f"beside_{n}"]) for n in ("quic", "quic_apart", "tcp", "direct") if f"beside_{n}" in d]
+rows = [(n, d[f"beside_{n}"]) for n in ("quic", "quic_apart", "tcp", "direct", "quic_bottleneck", "direct_bottleneck")
+        if f"beside_{n}" in d]
 if rows:
     def beside_panel(ax):
         for i, (when, label) in enumerate((("alone", "alone"), ("beside", "beside a download"))):
