@@ -143,10 +143,7 @@ fn carry(from: &Tun, to: &Tun, mut shaper: Shaper, queue_limit: usize, stop: &At
     let mut tally = Tally::default();
     let mut buf = vec![0u8; 65_536];
     while !stop.load(Ordering::Relaxed) {
-        let wait = queue
-            .front()
-            .map_or(STOP_CHECK, |(at, _)| (*at + RELEASE_SLACK).saturating_sub(start.elapsed()).min(STOP_CHECK));
-        match from.wait_readable(wait) {
+        match from.wait_readable(wait_for(queue.front().map(|(at, _)| *at), start.elapsed())) {
             Err(_) => return tally,
             Ok(false) => {}
             Ok(true) => {
@@ -156,13 +153,14 @@ fn carry(from: &Tun, to: &Tun, mut shaper: Shaper, queue_limit: usize, stop: &At
                         Ok(None) => break,
                         Ok(Some(len)) => len,
                     };
-                    match shaper.admit(start.elapsed(), len) {
+                    let now = start.elapsed();
+                    match shaper.admit(now, len) {
                         None => tally.lost += 1,
                         Some(_) if queue.len() >= queue_limit => tally.overflowed += 1,
                         Some(at) => queue.push_back((at, buf[..len].to_vec())),
                     }
                     // Due packets go out between reads, so a long burst in does not hold them.
-                    if send_due(&mut queue, start.elapsed(), |packet| to.send(packet), &mut tally).is_err() {
+                    if send_due(&mut queue, now, |packet| to.send(packet), &mut tally).is_err() {
                         return tally;
                     }
                 }
@@ -173,6 +171,13 @@ fn carry(from: &Tun, to: &Tun, mut shaper: Shaper, queue_limit: usize, stop: &At
         }
     }
     tally
+}
+
+/// How long a direction waits for the next packet in, at `now`, when the packet at the head of
+/// its queue is due at `head` (both offsets from the link's start): until `head` plus
+/// [`RELEASE_SLACK`], and never longer than [`STOP_CHECK`].
+fn wait_for(head: Option<Duration>, now: Duration) -> Duration {
+    head.map_or(STOP_CHECK, |at| (at + RELEASE_SLACK).saturating_sub(now).min(STOP_CHECK))
 }
 
 /// Sends (through `send`) the packets at the head of `queue` whose departure time, an offset
@@ -249,7 +254,7 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Tally, parse_rate, send_due};
+    use super::{RELEASE_SLACK, STOP_CHECK, Tally, parse_rate, send_due, wait_for};
     use proptest::prelude::*;
     use std::collections::VecDeque;
     use std::time::Duration;
@@ -278,6 +283,23 @@ mod tests {
             if let Err(message) = parse_rate(&text) {
                 let quoted = format!("{:?}", text);
                 prop_assert!(message.contains(&quoted));
+            }
+        }
+
+        /// A direction wakes by the time its head packet is due (plus the slack), at once for one
+        /// overdue, and looks at its stop flag at least every STOP_CHECK.
+        #[test]
+        fn a_direction_wakes_when_its_head_packet_is_due(
+            head_us in proptest::option::of(0u64..200_000),
+            now_us in 0u64..200_000,
+        ) {
+            let (head, now) = (head_us.map(Duration::from_micros), Duration::from_micros(now_us));
+            let wait = wait_for(head, now);
+            prop_assert!(wait <= STOP_CHECK);
+            match head {
+                None => prop_assert_eq!(wait, STOP_CHECK),
+                Some(at) if at + RELEASE_SLACK <= now => prop_assert_eq!(wait, Duration::ZERO),
+                Some(at) => prop_assert_eq!(now + wait, (at + RELEASE_SLACK).min(now + STOP_CHECK)),
             }
         }
 
