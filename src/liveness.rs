@@ -203,21 +203,52 @@ pub async fn watch(liveness: Arc<Liveness>, conn: Connection, observer: impl Obs
     }
 }
 
-/// Completes when nothing has arrived on `conn` for `silent_for` (checked at a sixth of it).
-/// For a side that watches its connections all the time (an agent has a couple): both ends'
-/// keep-alives (a third of the idle timeout) make a live peer heard at least that often, so
-/// two of them missed says the peer is gone, well before the idle timeout would.
+/// How long a peer has been unheard *while the watcher was there to hear it*. A look that comes
+/// late (this process busy: thousands of new streams queued ahead of the watcher and of the
+/// QUIC driver alike) is no evidence: whatever the peer sent meanwhile may still wait, unread,
+/// behind the same queue. So each look counts at most two of its intervals of silence, and a
+/// burst of work never convicts a live peer by itself; a dead one is convicted after
+/// `silent_for` of looks as usual.
+#[derive(Debug, Clone)]
+pub struct Unheard {
+    heard: u64,
+    silent: Duration,
+    looked: Instant,
+}
+
+impl Unheard {
+    /// Starts at `now` with the connection's counter of what arrived so far.
+    pub fn new(heard: u64, now: Instant) -> Unheard {
+        Unheard { heard, silent: Duration::ZERO, looked: now }
+    }
+
+    /// Looks at the connection (`heard` is its counter now; looks are due `every`) and returns
+    /// the silence counted so far.
+    pub fn observe(&mut self, heard: u64, now: Instant, every: Duration) -> Duration {
+        let since_last_look = now.saturating_duration_since(self.looked);
+        self.looked = now;
+        if heard != self.heard {
+            (self.heard, self.silent) = (heard, Duration::ZERO);
+        } else {
+            self.silent += since_last_look.min(every * 2);
+        }
+        self.silent
+    }
+}
+
+/// Completes when nothing has arrived on `conn` for `silent_for` (looked at every sixth of it;
+/// see [`Unheard`] for looks that come late). For a side that watches its connections all the
+/// time (an agent has a couple): both ends' keep-alives (a third of the idle timeout) make a
+/// live peer heard at least that often, so two of them missed says the peer is gone, well
+/// before the idle timeout would.
 pub async fn silent_for(conn: &Connection, silent_for: Duration) {
-    let mut heard = conn.heard();
-    let mut since = Instant::now();
-    let mut ticks = tokio::time::interval(silent_for / 6);
+    let every = silent_for / 6;
+    let mut unheard = Unheard::new(conn.heard(), Instant::now());
+    let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let now = conn.heard();
-        if now != heard {
-            (heard, since) = (now, Instant::now());
-        } else if since.elapsed() >= silent_for {
+        if unheard.observe(conn.heard(), Instant::now(), every) >= silent_for {
             return;
         }
     }
@@ -250,6 +281,43 @@ mod tests {
     fn long_paths_wait_longer() {
         assert_eq!(suspect_after(Duration::from_millis(20)), SUSPECT_FLOOR);
         assert_eq!(suspect_after(Duration::from_millis(300)), Duration::from_millis(250 + 2400));
+    }
+
+    proptest! {
+        /// Silence counts only what the watcher was there to see: never more than the time since
+        /// the peer was last heard, exactly that while the looks come on time, and at most two
+        /// intervals for any one look, however late.
+        #[test]
+        fn late_looks_do_not_convict_a_peer(
+            steps in proptest::collection::vec((0u64..2_000, proptest::bool::weighted(0.2)), 1..60),
+            every_ms in 1u64..500,
+        ) {
+            let every = Duration::from_millis(every_ms);
+            let start = Instant::now();
+            let (mut unheard, mut heard, mut now, mut since) = (Unheard::new(0, start), 0u64, start, start);
+            let mut on_time = true;
+            let mut counted = Duration::ZERO;
+            for (advance, arrived) in steps {
+                let advance = Duration::from_millis(advance);
+                now += advance;
+                if arrived {
+                    heard += 1;
+                }
+                let silent = unheard.observe(heard, now, every);
+                if arrived {
+                    prop_assert_eq!(silent, Duration::ZERO);
+                    (since, on_time) = (now, true);
+                } else {
+                    prop_assert!(silent <= now - since);
+                    prop_assert!(silent <= counted + every * 2);
+                    on_time &= advance <= every * 2;
+                    if on_time {
+                        prop_assert_eq!(silent, now - since);
+                    }
+                }
+                counted = silent;
+            }
+        }
     }
 
     proptest! {
