@@ -303,7 +303,7 @@ elif want bytes; then
   free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
   # tether over QUIC and over the TCP fallback: a stub and an agent each.
-  bytes_tunnel() { # name transport; sets tunnel_url and tunnel_pids
+  bytes_tunnel() { # name transport; sets tunnel_url and the array tunnel_pids
     start "$1-stub" "$tether" stub --certs "$certs" --quic-listen 127.0.0.1:0 --https-listen 127.0.0.1:0 \
       --audit-log off --max-requests-per-user 0
     local stub=$started line
@@ -313,10 +313,10 @@ elif want bytes; then
       --connections 1
     wait_log "$1-agent" "connected to stub" "$started" >/dev/null
     tunnel_url="https://127.0.0.1:$(port "$(field "$line" https)")/clusters/dev"
-    tunnel_pids="$stub $started"
+    tunnel_pids=("$stub" "$started")
   }
-  bytes_tunnel quic quic; quic_url=$tunnel_url; quic_pids=$tunnel_pids
-  bytes_tunnel tcp tcp; tcp_url=$tunnel_url; tcp_pids=$tunnel_pids
+  bytes_tunnel quic quic; quic_url=$tunnel_url; quic_pids=("${tunnel_pids[@]}")
+  bytes_tunnel tcp tcp; tcp_url=$tunnel_url; tcp_pids=("${tunnel_pids[@]}")
   # The C tunnel: an nghttpx hub taking HTTPS from users and an nghttpx edge beside the target,
   # one HTTP/2 connection over TLS between them, with tether's own flow-control windows.
   edge_port=$(free_port); hub_port=$(free_port)
@@ -350,8 +350,8 @@ PY
   }
   for round in $(seq 1 "$rounds"); do
     log "bytes: round $round of $rounds"
-    download quic "$quic_url" $quic_pids
-    download tcp "$tcp_url" $tcp_pids
+    download quic "$quic_url" "${quic_pids[@]}"
+    download tcp "$tcp_url" "${tcp_pids[@]}"
     download nghttpx "https://127.0.0.1:$hub_port" "$hub_pid" "$edge_pid"
     download direct "http://127.0.0.1:$target_port"
   done
@@ -367,7 +367,7 @@ print(json.dumps(out))
 PY
   record bytes "$(cat "$work/bytes.json")"
   stop_pid "$hub_pid" nghttpx-hub; stop_pid "$edge_pid" nghttpx-edge
-  for p in $tcp_pids $quic_pids; do stop_pid "$p" bytes; done
+  for p in "${tcp_pids[@]}" "${quic_pids[@]}"; do stop_pid "$p" bytes; done
 fi
 
 # ---- 1, 2 and 9: across an emulated link (root) --------------------------------------------
