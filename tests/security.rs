@@ -1,7 +1,8 @@
 //! Attacks, each refused: a whitelisted but hostile agent sending malformed and oversized frames;
 //! slow-loris and header floods on the front door (bounded time and memory, then closed); path
 //! tricks that try to reach another cluster; forged tokens (`alg: none`, wrong key, wrong
-//! issuer or audience, `iat` far in the future). Each test also shows the stub keeps serving
+//! issuer or audience, `iat` far in the future); a flood of dialers on the agent port that never
+//! finish their handshakes (capped, then timed out). Each test also shows the stub keeps serving
 //! honest callers. (A flood of one user's requests is limited without hurting others:
 //! `caller_identity::a_user_over_the_limit_gets_429_without_hurting_others`.)
 
@@ -475,5 +476,60 @@ async fn a_flood_of_silent_tls_connections_stays_bounded_and_goes_away() {
     })
     .await;
     assert!(fds(stub.proc.pid()) <= fds_before + 8);
+    drop(flood);
+}
+
+/// The agent port (QUIC and the TCP fallback share it and one count): dialers that connect and
+/// never finish a handshake hold at most MAX_PENDING_HANDSHAKES of them. One more is closed at
+/// once and counted, a QUIC agent dialling now hears that the stub is busy, and once the flood's
+/// handshakes time out the agent gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_in_progress_are_capped_and_a_refused_agent_gets_in_after_the_flood() {
+    use tether::transport::listen::MAX_PENDING_HANDSHAKES;
+    let (open_files, hard) = tether::fd_limit::raise_to_hard_limit().unwrap();
+    assert!(
+        open_files >= MAX_PENDING_HANDSHAKES as u64 + 256,
+        "this test needs {} open files; the hard limit is {hard} (raise `ulimit -Hn`)",
+        MAX_PENDING_HANDSHAKES + 256
+    );
+    let pki = Pki::new();
+    pki.agent("dev", "agent-0");
+    let upstream = Upstream::start().await;
+    let args = ["--audit-log", "off", "--admin-listen", "127.0.0.1:0"];
+    let mut stub = StubProc::start_with(&pki, &args).await;
+    let admin = support::admin::admin_addr(&stub.proc.wait_for("admin listening").await);
+    let refused = |reason: &str| format!(r#"tether_agent_refusals_total{{reason="{reason}"}}"#);
+
+    // TCP connections to the agent port that never say a word: each a handshake in progress
+    // until its timeout.
+    let mut flood = Vec::new();
+    for _ in 0..MAX_PENDING_HANDSHAKES {
+        flood.push(tokio::net::TcpStream::connect(&stub.quic).await.unwrap());
+    }
+    // Accepted after all of them (the kernel's queue is first come, first served): closed at
+    // once, without a TLS handshake.
+    let mut extra = tokio::net::TcpStream::connect(&stub.quic).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(support::PATIENCE, extra.read(&mut byte)).await.expect("the stub closes it");
+    assert!(matches!(read, Ok(0) | Err(_)), "the stub answered a dialer beyond the cap: {read:?}");
+    let limit = refused("handshake_limit");
+    support::admin::scrape_until(&admin, &limit, |m| support::admin::sample(m, &limit) >= Some(1.0)).await;
+
+    // A real agent over QUIC meanwhile: refused before any Retry, and told why.
+    let mut agent = support::spawn_agent(&pki, &stub, "dev", "agent-0", &upstream.url(), &["--transport", "quic"]);
+    let line = agent.wait_for("cannot connect to stub").await;
+    assert!(line.contains("the stub is busy"), "{line}");
+    assert_eq!(agent.count("connected to stub"), 0);
+
+    // The flood's handshakes time out; the agent gets in and carries a request.
+    agent.wait_for("connected to stub").await;
+    let timeouts = refused("timeout");
+    let metrics = support::admin::scrape_until(&admin, &timeouts, |m| {
+        support::admin::sample(m, &timeouts) >= Some(MAX_PENDING_HANDSHAKES as f64)
+    })
+    .await;
+    assert!(support::admin::sample(&metrics, &limit) >= Some(2.0), "the agent's QUIC dial was counted too: {metrics}");
+    let (status, _, _) = call(&front_client(&pki, true), "GET", &format!("{}/clusters/dev/echo", stub.url), "").await;
+    assert_eq!(status, 200);
     drop(flood);
 }

@@ -18,6 +18,11 @@ use crate::wire::codes::AppCode;
 /// A lost or refused QUIC connection.
 pub fn closed(e: &ConnectionError) -> String {
     match e {
+        ConnectionError::ConnectionClosed(close) if close.error_code == TransportErrorCode::CONNECTION_REFUSED => {
+            "the stub is busy: too many agents are connecting to it at once, so it refused this one \
+             before any handshake (the agent waits longer before it dials again)"
+                .into()
+        }
         ConnectionError::ConnectionClosed(close) => {
             let code = u64::from(close.error_code);
             match code.checked_sub(0x100).filter(|a| *a < 0x100) {
@@ -125,5 +130,11 @@ mod tests {
             "stub closed the connection: certificate was removed from the stub's whitelist (certificate removed from the whitelist)"
         );
         assert!(closed(&ConnectionError::TimedOut).contains("timed out"));
+        let busy = ConnectionError::ConnectionClosed(quinn::ConnectionClose {
+            error_code: TransportErrorCode::CONNECTION_REFUSED,
+            frame_type: None,
+            reason: bytes::Bytes::new(),
+        });
+        assert!(closed(&busy).starts_with("the stub is busy"), "{}", closed(&busy));
     }
 }
