@@ -179,9 +179,34 @@ fi
 # ---- 5. the hub on three replicas (loopback: 127.0.0.1, .2 and .3) --------------------------
 if want hub; then
   log "hub: three replicas on 127.0.0.1, .2 and .3 with static members"
-  # The peer port must be known before the replicas start (a static member list names it): the
-  # kernel's pick on 127.0.0.1, used on all three addresses.
-  peer_port=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  # The peer port must be known before the replicas start (a static member list names it): a
+  # port the kernel picks, taken only if it is free over UDP and TCP on all three addresses (the
+  # earlier parts leave connections whose local ports a listener cannot share).
+  peer_port=$(python3 - <<'PY'
+import socket
+for _ in range(50):
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port, held = probe.getsockname()[1], [probe]
+    try:
+        for host in ("127.0.0.1", "127.0.0.2", "127.0.0.3"):
+            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                if (host, kind) == ("127.0.0.1", socket.SOCK_DGRAM):
+                    continue
+                s = socket.socket(socket.AF_INET, kind)
+                held.append(s)
+                s.bind((host, port))
+    except OSError:
+        continue
+    finally:
+        for s in held:
+            s.close()
+    print(port)
+    break
+else:
+    raise SystemExit("no port free over UDP and TCP on 127.0.0.1-3 in 50 tries")
+PY
+)
   members=static:r1=127.0.0.1:$peer_port,r2=127.0.0.2:$peer_port,r3=127.0.0.3:$peer_port
   replica_pids=(); replica_quic=(); replica_https=()
   for i in 1 2 3; do
