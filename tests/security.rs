@@ -310,18 +310,26 @@ async fn a_flood_of_quic_initials_keeps_no_state_and_is_not_amplified() {
         answered += listener.await.unwrap();
     }
     let grown = rss(stub.proc.pid()).saturating_sub(before);
+    // What the stub handled: the kernel drops what overflows its socket buffer (a quarter of
+    // the flood on an idle machine, half on a busy one), and every Initial it handled got a
+    // Retry. At least a quarter must have reached it for this to be a flood.
+    let retries = "tether_quic_retries_total";
+    let metrics = support::admin::scrape_until(&admin, retries, |m| {
+        support::admin::sample(m, retries) >= Some((FLOOD / 4) as f64)
+    })
+    .await;
+    let handled = support::admin::sample(&metrics, retries).unwrap() as usize;
+    let handled_bytes = sent * handled / FLOOD;
     eprintln!(
-        "{FLOOD} Initials ({} KiB) from 64 silent addresses: {} KiB sent back ({:.2}x), stub memory +{} KiB",
+        "{FLOOD} Initials ({} KiB) from 64 silent addresses, {handled} handled: {} KiB sent back ({:.2}x of what it \
+         handled), stub memory +{} KiB",
         sent >> 10,
         answered >> 10,
-        answered as f64 / sent as f64,
+        answered as f64 / handled_bytes as f64,
         grown >> 10
     );
-    assert!(answered < sent / 2, "the stub answered {answered} bytes to {sent}: amplification");
+    assert!(answered < handled_bytes / 2, "the stub answered {answered} bytes to {handled_bytes}: amplification");
     assert!(grown < 16 << 20, "the stub grew by {} MiB", grown >> 20);
-    let retries = "tether_quic_retries_total";
-    let metrics = support::admin::scrape_until(&admin, retries, |m| support::admin::sample(m, retries).is_some()).await;
-    assert!(support::admin::sample(&metrics, retries).unwrap() >= (FLOOD / 2) as f64, "{metrics}");
     // A real agent still gets in (through its own Retry) and serves.
     let _agent = start_agent(&pki, &stub, "dev", "agent-0", &upstream.url()).await;
     let (status, _, _) = call(&front_client(&pki, false), "GET", &format!("{}/clusters/dev/echo", stub.url), "").await;
