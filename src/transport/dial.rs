@@ -27,9 +27,7 @@ pub struct DialFailure {
 impl DialFailure {
     /// The failure a QUIC dial ended with.
     pub fn of_quic(e: &quinn::ConnectionError) -> DialFailure {
-        let busy = matches!(e, quinn::ConnectionError::ConnectionClosed(close)
-            if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED);
-        DialFailure { words: explain::closed(e), busy }
+        DialFailure { words: explain::closed(e), busy: explain::refused_as_busy(e) }
     }
 }
 

@@ -15,10 +15,16 @@ use quinn::{ConnectionError, TransportErrorCode};
 use crate::errors;
 use crate::wire::codes::AppCode;
 
+/// Whether the stub refused a QUIC dial for being busy (too many handshakes in progress): it
+/// answers such a dial at once with `CONNECTION_REFUSED`, before any Retry.
+pub fn refused_as_busy(e: &ConnectionError) -> bool {
+    matches!(e, ConnectionError::ConnectionClosed(close) if close.error_code == TransportErrorCode::CONNECTION_REFUSED)
+}
+
 /// A lost or refused QUIC connection.
 pub fn closed(e: &ConnectionError) -> String {
     match e {
-        ConnectionError::ConnectionClosed(close) if close.error_code == TransportErrorCode::CONNECTION_REFUSED => {
+        e if refused_as_busy(e) => {
             "the stub is busy: too many agents are connecting to it at once, so it refused this one \
              before any handshake (the agent waits longer before it dials again)"
                 .into()

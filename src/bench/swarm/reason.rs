@@ -4,7 +4,7 @@
 //! its limit of handshakes in progress), `going_away` (the stub shut down), and so on. The
 //! plain-words sentences of [`crate::transport::explain`] are for people; these are for tables.
 
-use quinn::{ConnectionError, TransportErrorCode};
+use quinn::ConnectionError;
 
 use crate::wire::codes::AppCode;
 
@@ -13,9 +13,7 @@ pub fn of(e: &ConnectionError) -> &'static str {
     match e {
         ConnectionError::TimedOut => "timeout",
         ConnectionError::Reset => "reset",
-        ConnectionError::ConnectionClosed(close) if close.error_code == TransportErrorCode::CONNECTION_REFUSED => {
-            REFUSED
-        }
+        e if crate::transport::explain::refused_as_busy(e) => REFUSED,
         ConnectionError::ConnectionClosed(close) if (0x100..0x200).contains(&u64::from(close.error_code)) => {
             "tls_alert"
         }
@@ -47,7 +45,7 @@ pub const NOT_DIALLED: &str = "not_dialled";
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use quinn::{ApplicationClose, ConnectionClose, VarInt};
+    use quinn::{ApplicationClose, ConnectionClose, TransportErrorCode, VarInt};
 
     fn transport_close(code: TransportErrorCode) -> ConnectionError {
         ConnectionError::ConnectionClosed(ConnectionClose { error_code: code, frame_type: None, reason: Bytes::new() })
