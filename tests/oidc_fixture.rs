@@ -121,6 +121,9 @@ async fn device_flow(provider: &OidcProvider) -> Value {
         &interval,
         "--timeout",
         "20",
+        // `--`: a device code is random base64url and may begin with `-`, which argparse would
+        // take for an option.
+        "--",
         &provider.issuer,
         str_at(&authorization, "device_code"),
     ])
