@@ -106,6 +106,13 @@ struct Logs(Arc<Mutex<Vec<u8>>>);
 
 impl Logs {
     fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        // While exactly one dispatcher exists in the process, tracing-core 0.1 caches a call
+        // site's interest from the default of whichever thread first reaches it: a replica of a
+        // test that captures nothing (no subscriber: "never") would silence that line for the
+        // capturing test too (tokio-rs/tracing#3611). A second dispatcher that lives as long as
+        // the process keeps tracing-core on the path that asks every registered one.
+        static SECOND: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+        SECOND.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
         let logs = Logs::default();
         let subscriber = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new("tether=debug"))
