@@ -405,12 +405,24 @@ async fn connections_beyond_the_limits_are_closed_at_once_and_other_sources_stil
     let _agent = start_agent(&pki, &stub, "dev", "agent-0", &upstream.url()).await;
 
     /// Opens `n` TCP connections from `source` that never speak; returns them and how many the
-    /// stub closed at once.
-    async fn flood(stub: &StubProc, source: &str, n: usize) -> (Vec<tokio::net::TcpStream>, usize) {
+    /// stub closed at once. Waits first until the stub has counted `refusals` closes of the
+    /// series `limit` (its accept loop may lag behind the connects on two busy cores).
+    async fn flood(
+        stub: &StubProc,
+        admin: &str,
+        source: &str,
+        n: usize,
+        (limit, refusals): (&str, f64),
+    ) -> (Vec<tokio::net::TcpStream>, usize) {
         let mut open = Vec::new();
         for _ in 0..n {
             open.push(support::front_door_tcp(stub, source).await);
         }
+        let series = format!(r#"tether_front_door_closed_total{{reason="{limit}"}}"#);
+        support::admin::scrape_until(admin, &series, |m| {
+            support::admin::sample(m, &series).is_some_and(|closed| closed >= refusals)
+        })
+        .await;
         // Taken ones wait for a TLS ClientHello: silence. Refused ones read end of stream.
         let reads = open.iter_mut().map(|stream| async move {
             let mut byte = [0u8; 1];
@@ -419,10 +431,10 @@ async fn connections_beyond_the_limits_are_closed_at_once_and_other_sources_stil
         let closed = futures_util::future::join_all(reads).await.into_iter().filter(|closed| *closed).count();
         (open, closed)
     }
-    let (_first, closed) = flood(&stub, "127.0.0.1", 60).await;
+    let (_first, closed) = flood(&stub, &admin, "127.0.0.1", 60, ("limit_source", 10.0)).await;
     assert_eq!(closed, 10, "the per-source limit");
     // Another address is not held back by the first one's limit, only by the total.
-    let (_second, closed) = flood(&stub, "127.0.0.2", 40).await;
+    let (_second, closed) = flood(&stub, &admin, "127.0.0.2", 40, ("limit_total", 10.0)).await;
     assert_eq!(closed, 10, "the total limit");
     let metrics = support::admin::scrape_until(&admin, "limit closes", |m| {
         support::admin::sample(m, r#"tether_front_door_closed_total{reason="limit_total"}"#) == Some(10.0)
@@ -439,7 +451,10 @@ async fn connections_beyond_the_limits_are_closed_at_once_and_other_sources_stil
 async fn a_flood_of_silent_tls_connections_stays_bounded_and_goes_away() {
     const FLOOD: usize = 600;
     let pki = Pki::new();
-    let args = ["--audit-log", "off", "--header-timeout", "3s", "--admin-listen", "127.0.0.1:0"];
+    // The header timeout must outlast the flood's 600 handshakes (one after another, debug build,
+    // two shared cores) and the scrape after them: a connection closed before the count is read
+    // lets a later one in, and the count never reads the limit.
+    let args = ["--audit-log", "off", "--header-timeout", "10s", "--admin-listen", "127.0.0.1:0"];
     let mut stub = StubProc::start_with(&pki, &args).await;
     let admin = support::admin::admin_addr(&stub.proc.wait_for("admin listening").await);
     let fds = |pid: u32| std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
@@ -447,6 +462,7 @@ async fn a_flood_of_silent_tls_connections_stays_bounded_and_goes_away() {
     let (fds_before, rss_before) = (fds(stub.proc.pid()), rss(stub.proc.pid()));
     // TLS handshakes done, then nothing: what costs the stub most per connection.
     let mut flood = Vec::new();
+    let started = std::time::Instant::now();
     for _ in 0..FLOOD {
         let tcp = support::front_door_tcp(&stub, "127.0.0.1").await;
         let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
@@ -467,7 +483,8 @@ async fn a_flood_of_silent_tls_connections_stays_bounded_and_goes_away() {
     })
     .await;
     eprintln!(
-        "{FLOOD} silent TLS connections: {} taken, stub +{} descriptors, +{} KiB",
+        "{FLOOD} silent TLS connections in {:?}: {} taken, stub +{} descriptors, +{} KiB",
+        started.elapsed(),
         support::admin::sample(&metrics, "tether_front_door_connections").unwrap(),
         fds_during - fds_before,
         (rss_during.saturating_sub(rss_before)) >> 10
