@@ -2,7 +2,7 @@
 //! who a caller is (its static tokens: alice and bob, group "people") and whose RBAC says which
 //! clusters they may reach (verb `proxy` on `clusters.tether.io`), and a target cluster behind
 //! the stub and two agents. kubectl reaches the target with `tether credential` as its exec
-//! plugin, through tokens that live 3 s, and never sees a 401; each refusal of the console is a
+//! plugin, through tokens that live 10 s, and never sees a 401; each refusal of the console is a
 //! Kubernetes Status that says why, and the console down is a plain error, not a hang.
 
 mod support;
@@ -14,8 +14,10 @@ use serde_json::Value;
 use support::kube::{DevCluster, Subject, Tether, eventually, expect_ok, run_tether, text, unique};
 use support::{Proc, tether_bin};
 
-/// The lifetime of the console's tokens in these tests: several pass during one test.
-const TTL: &str = "3s";
+/// The lifetime of the console's tokens in these tests: several pass during one test. kubectl
+/// renews a fifth of it (2 s) before the end, which is how long a token it fetched may take to
+/// reach the agent: 1 s (a 3 s lifetime) was too little on two loaded cores.
+const TTL: &str = "10s";
 
 /// Grants `user` the verb `proxy` on cluster `cluster` in the hub (what an admin does), and
 /// waits until the hub's authorizer says so.
@@ -153,14 +155,16 @@ async fn kubectl_with_the_exec_plugin_outlives_its_short_tokens_with_a_watch_and
         .env("HOME", target.home());
     let mut watch = Proc::spawn_any("kubectl watch", &mut watch_command);
 
-    // Repeated gets until the console has minted three tokens for alice: at 3 s each, the gets
-    // have spanned at least two expiries, each crossed without a failure.
+    // Repeated gets until the console has minted three tokens for alice: the gets have spanned
+    // at least two expiries, each crossed without a failure.
     let mut gets = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
     while minted_for(&console, "alice") < 3 {
         let output = target.kubectl(&kubeconfig, &["get", "configmaps", "-n", "default", "-o", "name"]).await;
         expect_ok(&output, "kubectl get configmaps through the stub with the exec plugin");
         gets += 1;
-        assert!(gets < 200, "the console minted {} tokens in {gets} gets", minted_for(&console, "alice"));
+        let minted = minted_for(&console, "alice");
+        assert!(std::time::Instant::now() < deadline, "the console minted {minted} tokens in {gets} gets over 40 s");
     }
     let marker = unique("console-watch");
     target.create_configmap("default", &marker, &[]).await;
@@ -244,7 +248,10 @@ async fn the_console_refuses_what_the_hub_refuses_and_says_why() {
     let count = |outcome: &str| {
         support::admin::sample(&metrics, &format!("tether_console_decisions_total{{outcome=\"{outcome}\"}}"))
     };
-    assert_eq!(count("minted"), Some(1.0), "{metrics}");
+    // A retry above may have minted once more before the authorizer saw the revocation: each
+    // minting is an audited 200.
+    let minted = statuses.iter().filter(|&&status| status == 200).count();
+    assert_eq!(count("minted"), Some(minted as f64), "{statuses:?}\n{metrics}");
     assert_eq!(count("unauthenticated"), Some(1.0), "{metrics}");
     assert!(count("forbidden").is_some_and(|n| n >= 3.0), "{metrics}");
 
