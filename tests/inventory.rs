@@ -79,7 +79,8 @@ async fn the_inventory_shows_each_cluster_its_connections_and_builds_and_what_is
         assert_eq!(c["transport"], "quic");
         assert_eq!(c["build"], tether::BUILD);
         assert_eq!(c["build_differs"], false);
-        assert!(c["rtt_ms"].as_f64().is_some_and(|ms| ms > 0.0), "QUIC measures the RTT: {c}");
+        // (A number, not null: measured. It is rounded to 0.1 ms, so a fast loopback may read 0.0.)
+        assert!(c["rtt_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "QUIC measures the RTT: {c}");
         assert_eq!(c["streams_in_flight"], 0);
         assert!(c["connected_since"].as_str().unwrap().ends_with('Z'), "{c}");
     }
