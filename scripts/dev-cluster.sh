@@ -72,14 +72,17 @@ EOF
 # start / stop / status
 # ----------------------------------------------------------------------------------------------
 
-# Prints three distinct free TCP ports on 127.0.0.1. The kernel picks them (bind to port 0);
-# all sockets stay open until all are chosen so the three differ.
+# free_ports N: prints N distinct TCP ports free on 127.0.0.1 now. The kernel picks them (bind to
+# port 0); all sockets stay open until all are chosen so that they differ. They are released
+# before the daemon binds them, so another process may take one meanwhile: the callers pick
+# them just before the start and start again on new ones if the daemon says so (port_taken).
 free_ports() {
+  local n=$1
   if command -v python3 >/dev/null 2>&1; then
-    python3 - <<'EOF'
-import socket
+    python3 - "$n" <<'EOF'
+import socket, sys
 socks = []
-for _ in range(3):
+for _ in range(int(sys.argv[1])):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -89,7 +92,7 @@ EOF
     # Fallback: random ports in the ephemeral range that nothing listens on.
     local lo hi ports=() p
     read -r lo hi </proc/sys/net/ipv4/ip_local_port_range
-    while ((${#ports[@]} < 3)); do
+    while ((${#ports[@]} < n)); do
       p=$((lo + (RANDOM * 32768 + RANDOM) % (hi - lo)))
       [[ " ${ports[*]} " == *" $p "* ]] && continue
       (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && continue
@@ -98,6 +101,12 @@ EOF
     echo "${ports[*]}"
   fi
 }
+
+# How many times etcd or kube-apiserver is started on new ports when one was taken meanwhile.
+PORT_TRIES=3
+
+# port_taken LOG: the daemon writing LOG exited because a port it was to listen on was taken.
+port_taken() { grep -qs "address already in use" "$1"; }
 
 # Runs the machine's kubectl with a private HOME and cache (the installed kubectl is a
 # dispatcher that caches per HOME/KUBECACHEDIR) so the user's ~/.kube is never touched.
@@ -277,11 +286,6 @@ do_start() {
   mkdir -p "$dir/pki"
   chmod 700 "$dir/pki"
 
-  local etcd_port etcd_peer_port api_port
-  read -r etcd_port etcd_peer_port api_port < <(free_ports) || true
-  [[ -n $api_port ]] || die "could not find free TCP ports on 127.0.0.1"
-  local api_url=https://127.0.0.1:$api_port etcd_url=http://127.0.0.1:$etcd_port
-
   # -- keys and certificates --
   # A throw-away CA and a serving certificate for 127.0.0.1/localhost (and, with a node, the
   # addresses pods use: the Service address and the pods' gateway), so kubeconfigs carry a real
@@ -333,22 +337,35 @@ rules:
 EOF
 
   # -- etcd --
-  log "starting etcd on $etcd_url"
-  start_daemon "$dir" etcd "$dir/etcd.log" "$ETCD_BIN" \
-    --name tether-dev \
-    --data-dir "$dir/etcd-data" \
-    --listen-client-urls "$etcd_url" --advertise-client-urls "$etcd_url" \
-    --listen-peer-urls "http://127.0.0.1:$etcd_peer_port" \
-    --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer_port" \
-    --initial-cluster "tether-dev=http://127.0.0.1:$etcd_peer_port" \
-    --initial-cluster-state new \
-    --logger zap --log-outputs stderr
-  local etcd_pid rc=0
-  etcd_pid=$(cat "$dir/etcd.pid")
-  poll_until "$etcd_pid" "$ETCD_TIMEOUT" etcd_healthy "$etcd_url" || rc=$?
+  local etcd_port etcd_peer_port etcd_url etcd_pid rc tries=0
+  while :; do
+    read -r etcd_port etcd_peer_port < <(free_ports 2) || true
+    [[ -n $etcd_peer_port ]] || die "could not find free TCP ports on 127.0.0.1"
+    etcd_url=http://127.0.0.1:$etcd_port
+    log "starting etcd on $etcd_url"
+    : >"$dir/etcd.log"
+    start_daemon "$dir" etcd "$dir/etcd.log" "$ETCD_BIN" \
+      --name tether-dev \
+      --data-dir "$dir/etcd-data" \
+      --listen-client-urls "$etcd_url" --advertise-client-urls "$etcd_url" \
+      --listen-peer-urls "http://127.0.0.1:$etcd_peer_port" \
+      --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer_port" \
+      --initial-cluster "tether-dev=http://127.0.0.1:$etcd_peer_port" \
+      --initial-cluster-state new \
+      --logger zap --log-outputs stderr
+    etcd_pid=$(cat "$dir/etcd.pid")
+    rc=0
+    poll_until "$etcd_pid" "$ETCD_TIMEOUT" etcd_healthy "$etcd_url" || rc=$?
+    if ((rc == 1)) && port_taken "$dir/etcd.log" && ((++tries < PORT_TRIES)); then
+      log "a port of etcd ($etcd_port or $etcd_peer_port) was taken before etcd bound it; trying two others"
+      rm -rf "$dir/etcd-data"
+      continue
+    fi
+    break
+  done
   if ((rc == 1)); then
     tail_logs "$dir"; rm -f "$dir/etcd.pid"
-    die "etcd exited during startup (log: $dir/etcd.log). If a port was taken meanwhile, just run start again."
+    die "etcd exited during startup (log: $dir/etcd.log)"
   elif ((rc != 0)); then
     tail_logs "$dir"; do_stop "$dir"
     die "etcd did not become healthy within ${ETCD_TIMEOUT}s (log: $dir/etcd.log)"
@@ -356,27 +373,39 @@ EOF
   pid_is "$etcd_pid" "$ETCD_BIN" || { do_stop "$dir"; die "pid $etcd_pid is not $ETCD_BIN (was setsid run with job control?)"; }
 
   # -- kube-apiserver --
-  log "starting kube-apiserver $KUBE_VERSION on $api_url"
-  if ((${#apiserver_flags[@]})); then log "  extra kube-apiserver flags: ${apiserver_flags[*]}"; fi
-  start_daemon "$dir" apiserver "$dir/apiserver.log" "$KUBE_APISERVER_BIN" \
-    --etcd-servers="$etcd_url" \
-    --bind-address="$bind" --advertise-address=127.0.0.1 \
-    --secure-port="$api_port" --insecure-port=0 \
-    --cert-dir="$P" --tls-cert-file="$P/apiserver.crt" --tls-private-key-file="$P/apiserver.key" \
-    --token-auth-file="$dir/tokens.csv" \
-    --authorization-mode=RBAC \
-    --audit-policy-file="$dir/audit-policy.yaml" --audit-log-path="$dir/audit.log" \
-    --audit-log-format=json \
-    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
-    --service-account-key-file="$P/sa.pub" --service-account-signing-key-file="$P/sa.key" \
-    --service-cluster-ip-range=10.0.0.0/24 \
-    --endpoint-reconciler-type=none \
-    --profiling=false \
-    "${apiserver_flags[@]}"
-  local api_pid api_t0=$SECONDS
-  api_pid=$(cat "$dir/apiserver.pid")
-  rc=0
-  poll_until "$api_pid" "$READY_TIMEOUT" apiserver_ready "$api_url" "$P/ca.crt" "$admin_token" || rc=$?
+  local api_port api_url api_pid api_t0=$SECONDS
+  tries=0
+  while :; do
+    read -r api_port < <(free_ports 1) || true
+    [[ -n $api_port ]] || { do_stop "$dir"; die "could not find a free TCP port on 127.0.0.1"; }
+    api_url=https://127.0.0.1:$api_port
+    log "starting kube-apiserver $KUBE_VERSION on $api_url"
+    if ((${#apiserver_flags[@]})); then log "  extra kube-apiserver flags: ${apiserver_flags[*]}"; fi
+    : >"$dir/apiserver.log"
+    start_daemon "$dir" apiserver "$dir/apiserver.log" "$KUBE_APISERVER_BIN" \
+      --etcd-servers="$etcd_url" \
+      --bind-address="$bind" --advertise-address=127.0.0.1 \
+      --secure-port="$api_port" --insecure-port=0 \
+      --cert-dir="$P" --tls-cert-file="$P/apiserver.crt" --tls-private-key-file="$P/apiserver.key" \
+      --token-auth-file="$dir/tokens.csv" \
+      --authorization-mode=RBAC \
+      --audit-policy-file="$dir/audit-policy.yaml" --audit-log-path="$dir/audit.log" \
+      --audit-log-format=json \
+      --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+      --service-account-key-file="$P/sa.pub" --service-account-signing-key-file="$P/sa.key" \
+      --service-cluster-ip-range=10.0.0.0/24 \
+      --endpoint-reconciler-type=none \
+      --profiling=false \
+      "${apiserver_flags[@]}"
+    api_pid=$(cat "$dir/apiserver.pid")
+    rc=0
+    poll_until "$api_pid" "$READY_TIMEOUT" apiserver_ready "$api_url" "$P/ca.crt" "$admin_token" || rc=$?
+    if ((rc == 1)) && port_taken "$dir/apiserver.log" && ((++tries < PORT_TRIES)); then
+      log "port $api_port was taken before kube-apiserver bound it; trying another"
+      continue
+    fi
+    break
+  done
   if ((rc == 1)); then
     tail_logs "$dir"; do_stop "$dir"
     die "kube-apiserver exited during startup (log: $dir/apiserver.log)"
