@@ -115,6 +115,17 @@ pub fn asked_impersonation(headers: &HeaderMap) -> Result<AskedImpersonation, St
     Ok(asked)
 }
 
+/// What the stub passed on of a caller's `--as` and `--as-group`, read back from a request head's
+/// headers (tether's own names, [`AS_USER_HEADER`]): for the agent, which asks its API server
+/// whether the caller may, and for the audit line of a replica serving a forwarded request.
+pub fn asked_on_the_wire(headers: &[Header]) -> AskedImpersonation {
+    let text = |h: &Header| String::from_utf8_lossy(&h.value).into_owned();
+    AskedImpersonation {
+        user: headers.iter().find(|h| h.name.eq_ignore_ascii_case(AS_USER_HEADER)).map(text),
+        groups: headers.iter().filter(|h| h.name.eq_ignore_ascii_case(AS_GROUP_HEADER)).map(text).collect(),
+    }
+}
+
 /// Whether `name` (lowercase) says where a request came from. The API server records
 /// `X-Forwarded-For` first in its audit events' `sourceIPs`, so a caller must not choose it: the
 /// stub drops these and sets `X-Forwarded-For` to the address it saw. The hub's own

@@ -62,6 +62,30 @@ async fn a_cluster_held_by_one_replica_is_reached_through_every_front_door() {
     assert!(agent.count("forwarded_by=r3") >= 1, "the agent's log names r3:\n{}", agent.log());
     assert!(replicas[0].audit_lines_with("peer", "r2").is_empty(), "r1 holds the cluster: nothing forwarded from it");
 
+    // kubectl --as through r2: the audit lines of both replicas say whom the caller asked for.
+    let path = "/clusters/dev/echo/as-bob";
+    let request = http::Request::builder()
+        .uri(format!("{}{path}", replicas[1].stub.url))
+        .header("impersonate-user", "bob")
+        .header("impersonate-group", "devs")
+        .body(tether::bridge::full(bytes::Bytes::new()))
+        .unwrap();
+    http_body_util::BodyExt::collect(client.request(request).await.unwrap().into_body()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + support::PATIENCE;
+    let lines = loop {
+        let lines = [&replicas[1], &replicas[0]].map(|r| r.audit_lines_with("path", path));
+        if lines.iter().all(|l| !l.is_empty()) {
+            break lines;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no audit line of {path} on r2 and r1: {lines:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    for (line, replica) in [(&lines[0][0], "r2"), (&lines[1][0], "r1")] {
+        assert_eq!(line["as_user"], "bob", "{replica}: {line}");
+        assert_eq!(line["as_groups"], serde_json::json!(["devs"]), "{replica}: {line}");
+    }
+    assert_eq!(lines[1][0]["forwarded_by"], "r2", "{}", lines[1][0]);
+
     // Each replica says what it sees: members, peers linked both ways, clusters by route.
     let (status, ready) = support::admin::admin_get(&replicas[1].admin, "/readyz").await;
     assert_eq!(status, 200);

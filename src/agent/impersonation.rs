@@ -18,20 +18,10 @@ use http_body_util::BodyExt;
 use super::upstream::Upstream;
 use crate::bridge::{self, AskedImpersonation};
 use crate::identity::token::Claims;
-use crate::wire::frame::Header;
 
 /// The extra field (`Impersonate-Extra-tether-caller`) that names the caller who asked to act
 /// as someone else. The agent's RBAC needs `impersonate` on `userextras/tether-caller`.
 pub const CALLER_EXTRA: &str = "tether-caller";
-
-/// What the stub passed on of the caller's `--as` and `--as-group` (tether's own headers).
-pub fn asked(headers: &[Header]) -> AskedImpersonation {
-    let text = |h: &Header| String::from_utf8_lossy(&h.value).into_owned();
-    AskedImpersonation {
-        user: headers.iter().find(|h| h.name.eq_ignore_ascii_case(bridge::AS_USER_HEADER)).map(text),
-        groups: headers.iter().filter(|h| h.name.eq_ignore_ascii_case(bridge::AS_GROUP_HEADER)).map(text).collect(),
-    }
-}
 
 /// The questions to ask: `(resource, name)` of each `impersonate` permission needed.
 pub fn permissions(asked: &AskedImpersonation) -> Vec<(&'static str, String)> {
@@ -122,6 +112,7 @@ pub fn apply(headers: &mut http::HeaderMap, claims: &Claims, asked: &AskedImpers
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::frame::Header;
     use std::time::Duration;
 
     #[test]
@@ -131,7 +122,7 @@ mod tests {
             Header { name: bridge::AS_GROUP_HEADER.into(), value: b"devs".to_vec() },
             Header { name: "accept".into(), value: b"*/*".to_vec() },
         ];
-        let asked = asked(&headers);
+        let asked = bridge::asked_on_the_wire(&headers);
         assert_eq!(permissions(&asked), [("users", "bob".to_owned()), ("groups", "devs".to_owned())]);
         let claims = Claims::new("alice", &["people".into()], &["dev".into()], Duration::from_secs(60));
         let mut out = http::HeaderMap::new();

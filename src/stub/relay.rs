@@ -21,7 +21,7 @@ use super::hop::{Hop, InFlight, Pick};
 use super::metrics::StubMetrics;
 use super::state::StubState;
 use super::unread::HOLD_AFTER;
-use crate::bridge::FORWARDED_BY_HEADER;
+use crate::bridge::{self, FORWARDED_BY_HEADER};
 use crate::identity::authorize::Channel;
 use crate::identity::token;
 use crate::status;
@@ -83,6 +83,9 @@ async fn relay(
             audit.record.user = Some(claims.sub);
             audit.record.groups = claims.groups;
             audit.cluster_vouched = true;
+            // kubectl --as, as the forwarding replica passed it on (its own audit line has it too).
+            let asked = bridge::asked_on_the_wire(&head.headers);
+            (audit.record.as_user, audit.record.as_groups) = (asked.user, asked.groups);
         }
         Err(refusal) => {
             audit.record.status = refusal.status().as_u16();
