@@ -115,6 +115,17 @@ pub fn asked_impersonation(headers: &HeaderMap) -> Result<AskedImpersonation, St
     Ok(asked)
 }
 
+/// Puts what a caller asked to act as into a request head's headers, under tether's own names
+/// (the stub, for the agent to ask its API server about); [`asked_on_the_wire`] reads it back.
+pub fn asked_to_wire(asked: &AskedImpersonation, headers: &mut Vec<Header>) {
+    if let Some(user) = &asked.user {
+        headers.push(Header { name: AS_USER_HEADER.into(), value: user.clone().into_bytes() });
+    }
+    for group in &asked.groups {
+        headers.push(Header { name: AS_GROUP_HEADER.into(), value: group.clone().into_bytes() });
+    }
+}
+
 /// What the stub passed on of a caller's `--as` and `--as-group`, read back from a request head's
 /// headers (tether's own names, [`AS_USER_HEADER`]): for the agent, which asks its API server
 /// whether the caller may, and for the audit line of a replica serving a forwarded request.
@@ -359,8 +370,13 @@ mod tests {
                 h.append("impersonate-group", g.parse().unwrap());
             }
             let asked = asked_impersonation(&h).unwrap();
-            prop_assert_eq!(asked.user, Some(user));
-            prop_assert_eq!(asked.groups, groups);
+            prop_assert_eq!(&asked.user, &Some(user));
+            prop_assert_eq!(&asked.groups, &groups);
+            // And through a request head, among other headers, to the agent or a peer replica.
+            let mut wire = vec![Header { name: "accept".into(), value: b"*/*".to_vec() }];
+            asked_to_wire(&asked, &mut wire);
+            wire.push(Header { name: "x-forwarded-for".into(), value: b"127.0.0.1".to_vec() });
+            prop_assert_eq!(asked_on_the_wire(&wire), asked);
         }
     }
 

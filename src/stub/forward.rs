@@ -178,12 +178,7 @@ impl Outbound {
         // it asks for goes to the agent under tether's own names, as a question: the agent
         // asks the cluster's API server whether this caller may.
         headers.retain(|h| !bridge::speaks_for_someone(&h.name) && !bridge::says_where_from(&h.name));
-        if let Some(user) = &asked.user {
-            headers.push(Header { name: bridge::AS_USER_HEADER.into(), value: user.clone().into_bytes() });
-        }
-        for group in &asked.groups {
-            headers.push(Header { name: bridge::AS_GROUP_HEADER.into(), value: group.clone().into_bytes() });
-        }
+        bridge::asked_to_wire(asked, &mut headers);
         let from = caller.remote.ip().to_canonical().to_string();
         headers.push(Header { name: "x-forwarded-for".into(), value: from.into_bytes() });
         let head = RequestHead {
