@@ -118,7 +118,7 @@ async fn forward(
     let watch = is_watch(&head.method, &head.path_and_query);
     // The stub sends an `Upgrade` header only for a request that asks to switch protocols.
     let upgrade = head.headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade"));
-    let asked = crate::bridge::asked_on_the_wire(&head.headers);
+    let asked = bridge::asked_on_the_wire(&head.headers);
     let mut headers = bridge::headers_from_wire(&head.headers, upgrade);
     if asked.user.is_some() {
         // kubectl --as: only if this cluster's API server says the caller may.
