@@ -15,6 +15,11 @@ use support::{Pki, StubProc, call, front_client, start_agent};
 use tether::identity::token::{Claims, TokenIssuer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// Held by the three flood tests, so that no two of them run at once. The handshake cap's test
+/// must hold 1,024 handshakes at once, all set up within one handshake timeout (5 s); beside
+/// another flood, on two cores, that failed once in CI (every slot timed out, none refused).
+static ONE_FLOOD_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Waits (bounded) for the stub to close `conn`; returns the close reason.
 async fn closed_by_stub(conn: &quinn::Connection) -> String {
     tokio::time::timeout(support::PATIENCE, conn.closed()).await.expect("the stub closes the connection").to_string()
@@ -275,6 +280,7 @@ async fn captured_initials(pki: &Pki, count: usize) -> Vec<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_quic_initials_keeps_no_state_and_is_not_amplified() {
+    let _flood = ONE_FLOOD_AT_A_TIME.lock().await;
     const FLOOD: usize = 2000;
     let pki = Pki::new();
     pki.agent("dev", "agent-0");
@@ -449,6 +455,7 @@ async fn connections_beyond_the_limits_are_closed_at_once_and_other_sources_stil
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_silent_tls_connections_stays_bounded_and_goes_away() {
+    let _flood = ONE_FLOOD_AT_A_TIME.lock().await;
     const FLOOD: usize = 600;
     let pki = Pki::new();
     // The header timeout must outlast the flood's 600 handshakes (one after another, debug build,
@@ -510,6 +517,7 @@ async fn a_flood_of_silent_tls_connections_stays_bounded_and_goes_away() {
 /// handshakes time out the agent gets in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshakes_in_progress_are_capped_and_a_refused_agent_gets_in_after_the_flood() {
+    let _flood = ONE_FLOOD_AT_A_TIME.lock().await;
     use tether::transport::listen::MAX_PENDING_HANDSHAKES;
     let (open_files, hard) = tether::fd_limit::raise_to_hard_limit().unwrap();
     assert!(
